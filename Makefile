@@ -1,0 +1,47 @@
+# fleetscore: `make demo` scores a generated fleet on this machine; `make test` runs the suite.
+# Everything installs into this folder (.venv, node_modules) from requirements.lock and package-lock.json.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+FLEETSCORE := $(BIN)/fleetscore
+STORE ?= data
+DEVICES ?= 250
+
+# Prefect and Dask keep their state and scratch files inside the project.
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DASK_TEMPORARY_DIRECTORY := $(CURDIR)/.dask-tmp
+
+# The demo scores the last full hour, on models trained on the two hours before it.
+HOUR := $(shell date -u -d '1 hour ago' +%Y-%m-%dT%H)
+TRAIN_END := $(shell date -u -d '2 hours ago' +%Y-%m-%dT%H)
+
+.PHONY: demo test faults bench lock clean
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+demo: $(BIN)/.installed
+	$(FLEETSCORE) generate --store $(STORE) --devices $(DEVICES) --hours 3 --end $(HOUR)
+	$(FLEETSCORE) train --store $(STORE) --end $(TRAIN_END) --hours 2
+	$(FLEETSCORE) score --store $(STORE) --hour $(HOUR)
+
+test: $(BIN)/.installed node_modules/.installed
+	$(BIN)/pytest
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet '.[test,azure]'
+	{ sed -n '1,3p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^fleetscore'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) node_modules .prefect .dask-tmp $(STORE)

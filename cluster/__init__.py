@@ -1,0 +1,1 @@
+"""Making, scaling and closing the Dask cluster a run uses."""

@@ -1,0 +1,149 @@
+"""The unit of work sent to a Dask worker: score (or train) one batch of devices.
+
+Plain functions of picklable arguments, no Prefect: the flow maps them over the
+cluster. A batch reads only its devices from the hour's files, once, loads its
+models in one pack read, scores them and writes one part file. Errors of one
+device become :class:`Failure` records; errors of the storage itself (network,
+permissions) are raised, so Dask's retries and the flow can handle them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
+
+from scoring import layout
+from scoring import models as model_io
+from scoring import predictions, telemetry
+from scoring.features import infer_specs, to_features
+from scoring.models import Manifest
+from scoring.predict import fit_model, predict, predictions_frame
+from scoring.layout import check_id
+from scoring.records import Failure, key_name, parse_key
+from scoring.store import Store
+
+STAT_COLUMNS = ("device", "tag", "rows", "anomalies", "min_score")
+
+
+@dataclass
+class BatchResult:
+    """What a scoring batch reports back to the flow: small, whatever the batch size."""
+
+    names: list[str]
+    part: str | None = None
+    rows: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    stats: pd.DataFrame | None = None
+    seconds: float = 0.0
+
+    @property
+    def scored(self) -> int:
+        return 0 if self.stats is None else len(self.stats)
+
+    @property
+    def anomalies(self) -> int:
+        return 0 if self.stats is None else int(self.stats["anomalies"].sum())
+
+
+def plan(manifest: Manifest) -> list[list[str]]:
+    """Batches of model names, one per pack: deterministic, so reruns write the same files."""
+    batches: dict[str, list[str]] = {}
+    for name, entry in sorted(manifest["models"].items()):
+        batches.setdefault(entry.get("pack", ""), []).append(name)
+    return [batches[p] for p in sorted(batches)]
+
+
+def valid_devices(devices: Sequence[str]) -> tuple[list[str], list[Failure]]:
+    """Split device ids into those that may become paths and failures for the others."""
+    valid, failures = [], []
+    for device in devices:
+        try:
+            valid.append(check_id(device))
+        except ValueError as exc:
+            failures.append(Failure(device, str(exc)))
+    return valid, failures
+
+
+def unmodelled(devices: Sequence[str], manifest: Manifest) -> list[Failure]:
+    """Devices that report in the hour but have no model (or an id that cannot be one)."""
+    known = {e["device"] for e in manifest["models"].values()}
+    valid, failures = valid_devices(devices)
+    return failures + [
+        Failure(d, "no model in the manifest", layout.MANIFEST) for d in valid if d not in known
+    ]
+
+
+def _read_devices(store: Store, hour: datetime, devices: list[str], names: Sequence[str],
+                  manifest: Manifest) -> tuple[pd.DataFrame | None, list[Failure]]:
+    """The batch's rows of the hour; an unreadable file fails every model of the batch."""
+    try:
+        return telemetry.read_hour(store, hour, devices), []
+    except (ValueError, FileNotFoundError) as exc:
+        entries = [manifest["models"][n] for n in names]
+        return None, [Failure(e["device"], str(exc), tag=e["tag"]) for e in entries]
+
+
+def score_batch(store: Store, hour: datetime, manifest: Manifest) -> BatchResult:
+    """Score every model of ``manifest`` (a :func:`~scoring.models.manifest_slice`) on one hour."""
+    started = time.perf_counter()
+    names = sorted(manifest["models"])
+    loaded, failures = model_io.load_models(store, manifest, names)
+    devices = sorted({manifest["models"][n]["device"] for n in loaded})
+    rows, read_failures = _read_devices(store, hour, devices, list(loaded), manifest)
+    failures += read_failures
+    scored = []
+    if rows is not None:
+        specs = {parse_key(n): manifest["models"][n]["features"] for n in loaded}
+        features, feature_failures = to_features(rows, specs)
+        failures += feature_failures
+        for f in features:
+            entry = manifest["models"][key_name(f.key)]
+            try:
+                score, anomaly = predict(loaded[key_name(f.key)], f.X)
+            except ValueError as exc:
+                failures.append(Failure(f.key[0], str(exc), entry["file"], f.key[1]))
+                continue
+            scored.append((f, score, anomaly, entry["sha256"]))
+    frame = predictions_frame(scored)
+    result = BatchResult(names, rows=len(frame), failures=failures, stats=_stats(frame))
+    if len(frame):
+        result.part = predictions.write_part(store, hour, frame)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _stats(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model: rows, anomalies and lowest score, for the run summary."""
+    grouped = frame.groupby(["device", "tag"], dropna=False, sort=True)
+    return grouped.agg(rows=("score", "size"), anomalies=("anomaly", "sum"),
+                       min_score=("score", "min")).reset_index()
+
+
+@dataclass
+class TrainResult:
+    """A trained shard: its manifest entries and pack, and the devices that could not be fitted."""
+
+    entries: dict
+    packs: dict
+    failures: list[Failure]
+
+
+def train_batch(store: Store, hours: Sequence[datetime], devices: Sequence[str], shard: int,
+                granularity: str, nu: float, gamma: float | str) -> TrainResult:
+    """Fit one model per device (or sensor) of the shard on the window's telemetry."""
+    window = pd.concat([telemetry.read_hour(store, h, devices) for h in hours], ignore_index=True)
+    specs = infer_specs(window, granularity)
+    features, failures = to_features(window, specs)
+    fitted = {}
+    for f in features:
+        try:
+            fitted[f.key] = fit_model(f.X, nu=nu, gamma=gamma)
+        except ValueError as exc:
+            failures.append(Failure(f.key[0], str(exc), tag=f.key[1]))
+    window_span = layout.span(list(hours))
+    entries, pack = model_io.publish_pack(store, shard, fitted, specs, window_span) if fitted else ({}, {})
+    return TrainResult(entries, pack, failures)

@@ -1,0 +1,102 @@
+"""The storage layout of a fleetscore store, as documented in README "Storage layout".
+
+Every path the code reads or writes is built here, relative to the store root,
+so the contract lives in one place. Nothing in this module touches a file.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""Device ids and tags become path segments, so they are checked against this first."""
+
+TELEMETRY = "telemetry"
+MODELS = "models"
+PREDICTIONS = "predictions"
+MANIFEST = f"{MODELS}/manifest.json"
+COMMIT_MARKER = "_COMMITTED.json"
+ERRORS_FILE = "errors.parquet"
+QUARANTINE_FILE = "quarantine.parquet"
+GENERATED = "generated"
+
+
+def check_id(value: str, what: str = "device") -> str:
+    """Return ``value`` if it is a safe device id or tag, else raise ``ValueError``.
+
+    Ids end up in file names; ``../x``, empty or huge ids must never reach a path.
+    """
+    if not isinstance(value, str) or not DEVICE_ID.fullmatch(value) or ".." in value:
+        shown = value[:40] + "..." if isinstance(value, str) and len(value) > 40 else value
+        raise ValueError(
+            f"invalid {what} id {shown!r}: ids must match {DEVICE_ID.pattern} and not contain '..'"
+        )
+    return value
+
+
+def parse_hour(value: str | datetime) -> datetime:
+    """Parse ``YYYY-MM-DDTHH`` (or any ISO time, or a datetime) to the start of its UTC hour."""
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "T")
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}", text):
+            text += ":00"
+        value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def last_full_hour(now: datetime | None = None) -> datetime:
+    """The most recent hour that has fully passed, in UTC."""
+    now = now or datetime.now(timezone.utc)
+    return parse_hour(now) - timedelta(hours=1)
+
+
+def hour_range(start: datetime, end: datetime) -> list[datetime]:
+    """Hours from ``start`` to ``end`` inclusive."""
+    start, end = parse_hour(start), parse_hour(end)
+    if end < start:
+        raise ValueError(f"hour range ends ({end:%Y-%m-%dT%H}) before it starts ({start:%Y-%m-%dT%H})")
+    return [start + timedelta(hours=i) for i in range(int((end - start) / timedelta(hours=1)) + 1)]
+
+
+def span(hours: list[datetime]) -> tuple[datetime, datetime]:
+    """The window covered by some hours: start of the first, end (exclusive) of the last."""
+    return min(hours), max(hours) + timedelta(hours=1)
+
+
+def hour_label(hour: datetime) -> str:
+    """``2026-11-27T13``: how an hour is named in logs, run names and parameters."""
+    return f"{parse_hour(hour):%Y-%m-%dT%H}"
+
+
+def partition(hour: datetime) -> str:
+    """Hive-style partition of an hour: ``date=YYYY-MM-DD/hour=HH``."""
+    hour = parse_hour(hour)
+    return f"date={hour:%Y-%m-%d}/hour={hour:%H}"
+
+
+def telemetry_dir(hour: datetime) -> str:
+    return f"{TELEMETRY}/{partition(hour)}"
+
+
+def predictions_dir(hour: datetime) -> str:
+    return f"{PREDICTIONS}/{partition(hour)}"
+
+
+def model_file(device: str, tag: str | None = None) -> str:
+    """``models/<device>.joblib``, or ``models/<device>/<tag>.joblib`` for per-sensor models."""
+    if tag is None:
+        return f"{MODELS}/{check_id(device)}.joblib"
+    return f"{MODELS}/{check_id(device)}/{check_id(tag, 'tag')}.joblib"
+
+
+def pack_file(shard: int) -> str:
+    """A model pack: many models in one blob, so a batch reads its models in one request."""
+    return f"{MODELS}/packs/pack-{shard:05d}.zip"
+
+
+def anomalies_file(hour: datetime) -> str:
+    """Where ``fleetscore generate`` records the anomalies it injected into an hour."""
+    return f"{GENERATED}/{partition(hour)}/anomalies.parquet"

@@ -1,0 +1,65 @@
+"""Scoring and fitting one model: (model, features) to predictions, features to a model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import OneClassSVM
+
+from scoring.records import Features
+
+PREDICTION_COLUMNS = ("ts", "device", "tag", "score", "anomaly", "model_sha256")
+
+
+def fit_model(X: np.ndarray, nu: float, gamma: str | float) -> Pipeline:
+    """Fit the standard per-device model, ``StandardScaler`` then an RBF ``OneClassSVM``.
+
+    ``nu`` bounds the share of training rows treated as outliers; scaling first
+    lets one ``gamma`` suit tags whose ranges differ by an order of magnitude.
+    """
+    if X.ndim != 2 or len(X) < 2:
+        raise ValueError(f"need a 2-D matrix of at least 2 rows to fit, got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError("training matrix holds NaN or infinite values")
+    return make_pipeline(StandardScaler(), OneClassSVM(kernel="rbf", nu=nu, gamma=gamma)).fit(X)
+
+
+def predict(model: BaseEstimator, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(score, anomaly)``: ``decision_function`` and 1 for anomaly, 0 for normal.
+
+    1/0 is the original sample's convention; scikit-learn's ``predict`` says -1/1.
+    Raises ``ValueError`` when the model expects another number of features.
+    """
+    expected = getattr(model, "n_features_in_", X.shape[1])
+    if X.shape[1] != expected:
+        raise ValueError(f"model expects {expected} features, telemetry gives {X.shape[1]}")
+    score = np.asarray(model.decision_function(X), dtype="float64").ravel()
+    anomaly = (np.asarray(model.predict(X)) == -1).astype("int8")
+    return score, anomaly
+
+
+def predictions_frame(
+    scored: Sequence[tuple[Features, np.ndarray, np.ndarray, str]],
+) -> pd.DataFrame:
+    """Concatenate ``(features, score, anomaly, model_sha256)`` of many models into one frame."""
+    if not scored:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+            PREDICTION_COLUMNS,
+            ["datetime64[ns, UTC]", "string", "string", "float64", "int8", "string"],
+        )})
+    sizes = [len(f.ts) for f, *_ in scored]
+    return pd.DataFrame(
+        {
+            "ts": pd.to_datetime(np.concatenate([f.ts for f, *_ in scored]), utc=True),
+            "device": pd.array(np.repeat([f.key[0] for f, *_ in scored], sizes), dtype="string"),
+            "tag": pd.array(np.repeat([f.key[1] for f, *_ in scored], sizes), dtype="string"),
+            "score": np.concatenate([s for _, s, _, _ in scored]),
+            "anomaly": np.concatenate([a for _, _, a, _ in scored]).astype("int8"),
+            "model_sha256": pd.array(np.repeat([h for *_, h in scored], sizes), dtype="string"),
+        }
+    )

@@ -1,0 +1,93 @@
+"""Committing an hour of predictions atomically (``predictions/date=.../hour=.../``).
+
+Batches write content-addressed part files (``part-<sha256[:16]>.parquet``), so
+the same input always gives the same names and bytes. The hour becomes visible
+only when its commit marker, which lists those files, is written; that write
+is atomic. Readers go through the marker, so they see the previous complete
+hour or the new one, never a mix, and files a crashed run left behind are
+invisible until the next commit removes them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from scoring import layout
+from scoring.records import Failure
+from scoring.store import Store, parquet_bytes, sha256
+
+ERROR_COLUMNS = ("device", "tag", "file", "reason")
+
+
+def _write_addressed(store: Store, hour: datetime, prefix: str, frame: pd.DataFrame) -> str:
+    data = parquet_bytes(frame)
+    rel = f"{layout.predictions_dir(hour)}/{prefix}-{sha256(data)[:16]}.parquet"
+    if not store.exists(rel):
+        store.write(rel, data)
+    return rel
+
+
+def write_part(store: Store, hour: datetime, frame: pd.DataFrame) -> str:
+    """Write one batch's predictions (not yet visible); return its layout path."""
+    return _write_addressed(store, hour, "part", frame)
+
+
+def errors_frame(failures: Sequence[Failure]) -> pd.DataFrame:
+    """One row per failed device or sensor, sorted so that reruns write the same bytes."""
+    rows = sorted((f.device, f.tag, f.file, f.reason) for f in failures)
+    return pd.DataFrame(rows, columns=list(ERROR_COLUMNS)).astype("string")
+
+
+def commit(store: Store, hour: datetime, parts: Sequence[str], failures: Sequence[Failure],
+           stats: dict[str, int]) -> dict[str, Any]:
+    """Make the hour visible: write its errors file, then the marker, then drop leftovers."""
+    errors = _write_addressed(store, hour, "errors", errors_frame(failures))
+    marker = {
+        "hour": layout.hour_label(hour),
+        "parts": sorted(parts),
+        "errors": errors,
+        **stats,
+    }
+    folder = layout.predictions_dir(hour)
+    store.write(f"{folder}/{layout.COMMIT_MARKER}", json.dumps(marker, indent=1, sort_keys=True).encode())
+    keep = {*marker["parts"], errors, f"{folder}/{layout.COMMIT_MARKER}"}
+    store.remove([f for f in store.list(folder) if f not in keep])
+    return marker
+
+
+def committed(store: Store, hour: datetime) -> dict[str, Any] | None:
+    """The hour's commit marker, or ``None`` if the hour is not committed."""
+    try:
+        return json.loads(store.read(f"{layout.predictions_dir(hour)}/{layout.COMMIT_MARKER}"))
+    except FileNotFoundError:
+        return None
+
+
+def _read(store: Store, rels: Sequence[str]) -> pd.DataFrame:
+    frames = [pq.read_table(store.path(r), filesystem=store.fs).to_pandas() for r in rels]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_predictions(store: Store, hour: datetime) -> pd.DataFrame:
+    """The committed predictions of an hour, sorted by device, tag and time."""
+    marker = committed(store, hour)
+    if marker is None:
+        raise FileNotFoundError(f"{store.path(layout.predictions_dir(hour))} is not committed")
+    frame = _read(store, marker["parts"])
+    if frame.empty:
+        return frame
+    return frame.sort_values(["device", "tag", "ts"], kind="stable", ignore_index=True)
+
+
+def read_errors(store: Store, hour: datetime) -> pd.DataFrame:
+    """The committed hour's failed devices with file and reason."""
+    marker = committed(store, hour)
+    if marker is None:
+        raise FileNotFoundError(f"{store.path(layout.predictions_dir(hour))} is not committed")
+    return _read(store, [marker["errors"]])

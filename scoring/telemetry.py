@@ -1,0 +1,76 @@
+"""Reading and writing an hour of telemetry (``telemetry/date=.../hour=.../*.parquet|*.csv``)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from datetime import datetime
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scoring import layout
+from scoring.features import normalise
+from scoring.store import Store
+
+ROW_GROUP_ROWS = 64_000
+"""Rows per Parquet row group: small enough that a batch skips the groups of other devices."""
+
+
+def hour_files(store: Store, hour: datetime) -> list[str]:
+    """The hour's telemetry files, or ``FileNotFoundError`` naming the folder."""
+    folder = layout.telemetry_dir(hour)
+    files = [f for f in store.list(folder) if f.endswith((".parquet", ".csv"))]
+    if not files:
+        raise FileNotFoundError(f"no telemetry for {layout.hour_label(hour)}: {store.path(folder)} holds no .parquet or .csv")
+    return files
+
+
+def write_hour(store: Store, hour: datetime, frame: pd.DataFrame, name: str = "part-00000") -> str:
+    """Write one hour as Parquet sorted by device, so readers can prune row groups."""
+    table = pa.Table.from_pandas(
+        normalise(frame).sort_values(["device", "ts", "tag"], kind="stable"), preserve_index=False
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=ROW_GROUP_ROWS)
+    rel = f"{layout.telemetry_dir(hour)}/{name}.parquet"
+    store.write(rel, buffer.getvalue())
+    return rel
+
+
+def _read_file(store: Store, rel: str, devices: Sequence[str] | None) -> pd.DataFrame:
+    path = store.path(rel)
+    if rel.endswith(".csv"):
+        with store.fs.open(path, "rb") as f:
+            frame = normalise(pd.read_csv(f))
+        return frame if devices is None else frame[frame["device"].isin(devices)]
+    filters = None if devices is None else [("device", "in", list(devices))]
+    table = pq.read_table(path, filesystem=store.fs, filters=filters)
+    return normalise(table.to_pandas())
+
+
+def read_hour(store: Store, hour: datetime, devices: Sequence[str] | None = None) -> pd.DataFrame:
+    """The hour's telemetry (only ``devices`` if given), normalised to ``ts, device, tag, value``.
+
+    Raises ``ValueError`` naming the file when one cannot be read as telemetry.
+    """
+    frames = []
+    for rel in hour_files(store, hour):
+        try:
+            frames.append(_read_file(store, rel, devices))
+        except (ValueError, pa.ArrowException) as exc:
+            raise ValueError(f"{store.path(rel)}: {exc}") from exc
+    return pd.concat(frames, ignore_index=True)
+
+
+def hour_devices(store: Store, hour: datetime) -> list[str]:
+    """Every device id that reports in the hour (reads only the device column of Parquet files)."""
+    ids: set[str] = set()
+    for rel in hour_files(store, hour):
+        if rel.endswith(".csv"):
+            ids.update(_read_file(store, rel, None)["device"].dropna().unique())
+        else:
+            column = pq.read_table(store.path(rel), filesystem=store.fs, columns=["device"]).column(0)
+            ids.update(column.unique().to_pylist())
+    return sorted(str(i) for i in ids if i is not None)

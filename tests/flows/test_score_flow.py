@@ -1,0 +1,83 @@
+"""The whole path on one machine: generate, train-fleet and score-fleet on real LocalClusters."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.score import score_fleet
+from flows.train import train_fleet
+from scoring import layout, models, predictions, telemetry
+from scoring.features import to_features
+from scoring.records import parse_key
+from scoring.store import Store
+
+pytestmark = pytest.mark.usefixtures("prefect_backend")
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, write_fleet, train_hours, scored_hour):
+    store = Store(tmp_path_factory.mktemp("store"))
+    anomalies = write_fleet(store, devices=40)
+    trained = train_fleet(start=layout.hour_label(train_hours[0]), end=layout.hour_label(train_hours[-1]),
+                          store=store.url, devices_per_pack=15)
+    summary = score_fleet(store=store.url, hour=layout.hour_label(scored_hour))
+    return store, anomalies, trained, summary
+
+
+def test_train_publishes_one_model_per_device_in_packs(scored):
+    store, _, trained, _ = scored
+    manifest = models.read_manifest(store)
+    assert trained["models"] == len(manifest["models"]) == 40
+    assert trained["packs"] == len(manifest["packs"]) == 3
+
+
+def test_predictions_equal_scikit_learn_on_the_same_rows(scored, scored_hour):
+    store, _, _, summary = scored
+    assert summary["devices_scored"] == 40 and summary["devices_failed"] == 0
+    got = predictions.read_predictions(store, scored_hour)
+    assert len(got) == 40 * 720 == summary["rows"]
+    manifest = models.read_manifest(store)
+    loaded, _ = models.load_models(store, manifest, manifest["models"])
+    specs = {parse_key(n): e["features"] for n, e in manifest["models"].items()}
+    features, _ = to_features(telemetry.read_hour(store, scored_hour), specs)
+    for f in features:
+        rows = got[got["device"] == f.key[0]]
+        model = loaded[f.key[0]]
+        np.testing.assert_allclose(rows["score"].to_numpy(), model.decision_function(f.X), rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(rows["anomaly"].to_numpy(), (model.predict(f.X) == -1).astype(int))
+        assert (rows["model_sha256"] == manifest["models"][f.key[0]]["sha256"]).all()
+
+
+def test_every_injected_anomaly_is_flagged_and_false_alarms_are_rare(scored, scored_hour):
+    store, anomalies, _, summary = scored
+    assert len(anomalies) >= 5
+    got = predictions.read_predictions(store, scored_hour)
+    injected = np.zeros(len(got), dtype=bool)
+    for a in anomalies.itertuples():
+        injected |= (got["device"] == a.device).to_numpy() & got["ts"].between(a.start, a.end).to_numpy()
+    assert injected.sum() >= 3 * len(anomalies)
+    assert got.loc[injected, "anomaly"].all()
+    assert got.loc[~injected, "anomaly"].mean() < 0.02
+    assert summary["anomalies"] == int(got["anomaly"].sum())
+
+
+def test_rerunning_an_hour_gives_the_same_files(scored, scored_hour):
+    store, *_ = scored
+    folder = layout.predictions_dir(scored_hour)
+    before = {f: store.read(f) for f in store.list(folder)}
+    score_fleet(store=store.url, hour=layout.hour_label(scored_hour))
+    assert {f: store.read(f) for f in store.list(folder)} == before
+
+
+def test_a_device_without_a_model_fails_alone(tmp_path, write_fleet, train_hours, scored_hour):
+    store = Store(tmp_path)
+    write_fleet(store, devices=6, anomaly_rate=0)
+    train_fleet(start=layout.hour_label(train_hours[0]), end=layout.hour_label(train_hours[-1]), store=store.url)
+    extra = telemetry.read_hour(store, scored_hour).query("device == 'dev-00000'").assign(device="newcomer")
+    telemetry.write_hour(store, scored_hour, extra, name="part-00001")
+    summary = score_fleet(store=store.url, hour=layout.hour_label(scored_hour))
+    assert summary["devices_scored"] == 6 and summary["devices_failed"] == 1
+    errors = predictions.read_errors(store, scored_hour)
+    assert errors[["device", "file", "reason"]].values.tolist() == [
+        ["newcomer", layout.MANIFEST, "no model in the manifest"]]
+    assert set(predictions.read_predictions(store, scored_hour)["device"]) == {f"dev-{i:05d}" for i in range(6)}

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from scoring.predict import fit_model, predict, predictions_frame
+from scoring.records import Features
+
+
+@pytest.fixture(scope="module")
+def model():
+    rng = np.random.default_rng(0)
+    return fit_model(rng.uniform([10, 30], [15, 40], size=(400, 2)), nu=0.01, gamma=0.05)
+
+
+def test_predict_equals_scikit_learn_and_uses_the_sample_convention(model):
+    X = np.array([[12.0, 35.0], [13.0, 33.0], [50.0, 90.0]])
+    score, anomaly = predict(model, X)
+    np.testing.assert_array_equal(score, model.decision_function(X))
+    np.testing.assert_array_equal(anomaly, (model.predict(X) == -1).astype(int))
+    assert anomaly.tolist()[-1] == 1 and anomaly.dtype == np.int8
+
+
+def test_predict_names_a_feature_count_mismatch(model):
+    with pytest.raises(ValueError, match="model expects 2 features, telemetry gives 3"):
+        predict(model, np.zeros((2, 3)))
+
+
+def test_fit_model_refuses_non_finite_or_tiny_input():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit_model(np.array([[1.0, np.nan], [2.0, 3.0]]), nu=0.01, gamma=0.1)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        fit_model(np.ones((1, 2)), nu=0.01, gamma=0.1)
+
+
+def test_predictions_frame_lines_up_rows_and_devices():
+    ts = np.array(["2026-11-27T10:00", "2026-11-27T10:00:05"], dtype="datetime64[ns]")
+    frame = predictions_frame([
+        (Features(("d1", None), ts, np.zeros((2, 1))), np.array([0.5, -1.0]), np.array([0, 1]), "abc"),
+        (Features(("d2", "t"), ts[:1], np.zeros((1, 1))), np.array([0.1]), np.array([0]), "def"),
+    ])
+    assert frame["device"].tolist() == ["d1", "d1", "d2"]
+    assert frame["tag"].isna().tolist() == [True, True, False]
+    assert frame["anomaly"].tolist() == [0, 1, 0]
+    assert frame["model_sha256"].tolist() == ["abc", "abc", "def"]
+    assert str(frame["ts"].dt.tz) == "UTC"
+    assert predictions_frame([]).empty
