@@ -14,7 +14,7 @@ def model():
 def test_predict_equals_scikit_learn_and_uses_the_sample_convention(model):
     X = np.array([[12.0, 35.0], [13.0, 33.0], [50.0, 90.0]])
     score, anomaly = predict(model, X)
-    np.testing.assert_array_equal(score, model.decision_function(X))
+    np.testing.assert_allclose(score, model.decision_function(X), rtol=0, atol=1e-9)  # fast path
     np.testing.assert_array_equal(anomaly, (model.predict(X) == -1).astype(int))
     assert anomaly.tolist()[-1] == 1 and anomaly.dtype == np.int8
 
