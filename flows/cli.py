@@ -16,6 +16,7 @@ from scoring.store import Store, parquet_bytes
 def generate(args: argparse.Namespace) -> int:
     """Write ``--hours`` hours of synthetic telemetry ending at ``--end``, and their anomalies."""
     store = Store(args.store)
+    store.create()
     end = layout.parse_hour(args.end) if args.end else layout.last_full_hour()
     hours = layout.hour_range(end - timedelta(hours=args.hours - 1), end)
     devices = device_ids(args.devices)

@@ -85,6 +85,13 @@ class Store:
         """Inverse of :meth:`path`."""
         return path.split(self._opened[1] + "/", 1)[-1]
 
+    def create(self) -> None:
+        """Create the store's root (for ``az://``, its container) if it does not exist."""
+        try:
+            self.fs.mkdir(self.path(""), create_parents=True)  # adlfs: creates the container
+        except FileExistsError:
+            pass
+
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self.path(rel))
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import dask.config
 import pandas as pd
@@ -61,3 +66,83 @@ def _write_fleet(store: Store, devices: int, seed: int = 0, anomaly_rate: float 
     telemetry.write_hour(store, SCORED_HOUR, frame)
     store.write(layout.anomalies_file(SCORED_HOUR), parquet_bytes(anomalies))
     return anomalies
+
+
+# The Azure Storage emulator's well-known development account: public, documented by Microsoft.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_BIN = Path(__file__).resolve().parents[1] / "node_modules" / ".bin" / "azurite-blob"
+CONTAINER = "fleetscore"
+
+
+class Azurite:
+    """Azurite's blob service on 127.0.0.1 on a free port, data in a temporary folder.
+
+    ``stop()`` and ``start()`` let fault tests take the endpoint away mid-run and
+    bring it back with its data.
+    """
+
+    def __init__(self, location: Path) -> None:
+        if not AZURITE_BIN.exists():
+            raise RuntimeError(f"{AZURITE_BIN} is missing: run `make test` (it runs `npm ci`)")
+        self.location = location
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};")
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+             "--location", str(self.location), "--skipApiVersionCheck", "--loose", "--disableTelemetry",
+             "--silent"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"azurite-blob exited: {self.process.stderr.read().decode()}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"azurite-blob did not listen on 127.0.0.1:{self.port} within 30s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """A running Azurite, with AZURE_STORAGE_CONNECTION_STRING pointing at it for the session.
+
+    Set before any Dask cluster starts, so workers inherit it the way Azure VMs get it: as environment.
+    """
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AZURE_STORAGE_CONNECTION_STRING", server.connection_string)
+        Store(f"az://{CONTAINER}").create()
+        yield server
+    server.stop()
+
+
+@pytest.fixture
+def az_store(azurite, request) -> Store:
+    """A fresh prefix of the Azurite container, one per test."""
+    return Store(f"az://{CONTAINER}/{request.node.name[:40].strip('[]').replace('[', '-')}-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(params=["local", "azurite"])
+def any_store(request, tmp_path) -> Store:
+    """The same test on a local folder and on Azure Blob (Azurite): one code path for both."""
+    if request.param == "local":
+        return Store(tmp_path)
+    return request.getfixturevalue("az_store")

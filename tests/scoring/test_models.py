@@ -11,8 +11,8 @@ WINDOW = (layout.parse_hour("2026-11-27T08"), layout.parse_hour("2026-11-27T10")
 
 
 @pytest.fixture
-def published(tmp_path):
-    store = Store(tmp_path)
+def published(any_store):
+    store = any_store
     rng = np.random.default_rng(1)
     fitted = {(f"d{i}", None): fit_model(rng.normal(size=(50, 2)), nu=0.1, gamma=0.5) for i in range(3)}
     entries, packs = models.publish_pack(store, 0, fitted, {k: ["a", "b"] for k in fitted}, WINDOW)

@@ -14,8 +14,8 @@ def frame(device, score):
                          "model_sha256": ["x"]})
 
 
-def test_an_hour_is_invisible_until_committed_then_complete(tmp_path):
-    store = Store(tmp_path)
+def test_an_hour_is_invisible_until_committed_then_complete(any_store):
+    store = any_store
     parts = [predictions.write_part(store, HOUR, frame("d1", 0.5)), predictions.write_part(store, HOUR, frame("d2", -1))]
     with pytest.raises(FileNotFoundError, match="not committed"):
         predictions.read_predictions(store, HOUR)
@@ -26,8 +26,8 @@ def test_an_hour_is_invisible_until_committed_then_complete(tmp_path):
         {"device": "d3", "tag": None, "file": "f", "reason": "no rows"}]
 
 
-def test_recommitting_replaces_the_hour_and_removes_leftovers(tmp_path):
-    store = Store(tmp_path)
+def test_recommitting_replaces_the_hour_and_removes_leftovers(any_store):
+    store = any_store
     first = predictions.write_part(store, HOUR, frame("d1", 0.5))
     predictions.commit(store, HOUR, [first], [], {})
     before = sorted(store.list(layout.predictions_dir(HOUR)))
