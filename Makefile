@@ -11,13 +11,14 @@ DEVICES ?= 250
 # Prefect and Dask keep their state and scratch files inside the project.
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export DASK_TEMPORARY_DIRECTORY := $(CURDIR)/.dask-tmp
 
 # The demo scores the last full hour, on models trained on the two hours before it.
 HOUR := $(shell date -u -d '1 hour ago' +%Y-%m-%dT%H)
 TRAIN_END := $(shell date -u -d '2 hours ago' +%Y-%m-%dT%H)
 
-.PHONY: demo test faults bench lock clean
+.PHONY: demo demo-azurite test faults bench lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,18 @@ demo: $(BIN)/.installed
 	$(FLEETSCORE) train --store $(STORE) --end $(TRAIN_END) --hours 2
 	$(FLEETSCORE) score --store $(STORE) --hour $(HOUR)
 
+# The same demo with Azure Blob Storage emulated by Azurite on 127.0.0.1 (no Azure account needed).
+# The key is Azurite's public, documented development key, not a secret.
+AZURITE_PORT ?= 10000
+AZURITE_CONNECTION := DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:$(AZURITE_PORT)/devstoreaccount1;
+
+demo-azurite: $(BIN)/.installed node_modules/.installed
+	mkdir -p .azurite
+	@node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort $(AZURITE_PORT) --location .azurite \
+	  --skipApiVersionCheck --loose --disableTelemetry --silent & pid=$$!; \
+	trap "kill $$pid" EXIT; sleep 2; \
+	AZURE_STORAGE_CONNECTION_STRING='$(AZURITE_CONNECTION)' $(MAKE) demo STORE=az://fleetscore/demo
+
 test: $(BIN)/.installed node_modules/.installed
 	$(BIN)/pytest
 
@@ -44,4 +57,4 @@ lock:
 	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) node_modules .prefect .dask-tmp $(STORE)
+	rm -rf $(VENV) node_modules .prefect .dask-tmp .azurite $(STORE)

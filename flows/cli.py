@@ -25,7 +25,7 @@ def generate(args: argparse.Namespace) -> int:
         telemetry.write_hour(store, hour, frame)
         store.write(layout.anomalies_file(hour), parquet_bytes(anomalies))
         print(f"{layout.hour_label(hour)}: {len(frame):,} rows, {len(anomalies)} injected anomalies")
-    print(f"telemetry of {len(devices)} devices in {store.path(layout.TELEMETRY)}")
+    print(f"telemetry of {len(devices)} devices in {store.url_of(layout.TELEMETRY)}")
     return 0
 
 
@@ -46,6 +46,44 @@ def score(args: argparse.Namespace) -> int:
     summary = score_fleet(store=args.store, hour=args.hour, cluster=args.cluster)
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _run_parameters(args: argparse.Namespace) -> dict:
+    """Flow parameters shared by ``serve`` and ``backfill``; unset ones fall back to ``fleetscore.*``."""
+    return {"store": args.store, "cluster": args.cluster, "adapt_minimum": args.adapt_min,
+            "adapt_maximum": args.adapt_max, "granularity": args.granularity}
+
+
+def serve(args: argparse.Namespace) -> int:
+    from flows.deploy import serve_fleet
+
+    serve_fleet(args.cron, **_run_parameters(args))
+    return 0
+
+
+def backfill(args: argparse.Namespace) -> int:
+    from flows.backfill import backfill_fleet
+
+    summary = backfill_fleet(start=args.start, end=args.end, force=args.force, **_run_parameters(args))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _add_run_options(sub: argparse.ArgumentParser) -> None:
+    """Options of ``serve`` and ``backfill``: the cluster and the models the runs expect."""
+    sub.add_argument("--cluster", help="cluster kind: local or address (default: fleetscore.cluster.kind)")
+    sub.add_argument("--adapt-min", type=int, help="fewest workers (default: fleetscore.cluster.adapt)")
+    sub.add_argument("--adapt-max", type=int, help="most workers (default: fleetscore.cluster.adapt)")
+    sub.add_argument("--granularity", choices=["device", "sensor"],
+                     help="fail runs unless the published models have this granularity (default: any)")
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from cluster.sweep import parse_tags, report, sweep_configured
+
+    found, failed = sweep_configured(parse_tags(args.tag), args.older_than, args.dry_run)
+    print("\n".join(report(found, failed, args.dry_run)))
+    return 1 if failed else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,6 +116,28 @@ def parser() -> argparse.ArgumentParser:
     run = command("score", score, "score one hour with the score-fleet flow and commit its predictions")
     run.add_argument("--hour", help="hour to score, YYYY-MM-DDTHH UTC (default: the last full hour)")
     run.add_argument("--cluster", help="cluster kind: local or address (default: fleetscore.cluster.kind)")
+
+    hourly = command("serve", serve, "serve score-fleet every hour and backfill-fleet on demand, until Ctrl-C")
+    hourly.add_argument("--cron", help="when hourly runs start, a cron line in UTC; each run scores "
+                        "the hour before (default: five minutes past every hour)")
+    _add_run_options(hourly)
+
+    fill = command("backfill", backfill, "score a range of hours on one cluster, skipping committed hours")
+    fill.add_argument("--from", dest="start", required=True, help="first hour, YYYY-MM-DDTHH UTC")
+    fill.add_argument("--to", dest="end", required=True, help="last hour, YYYY-MM-DDTHH UTC")
+    fill.add_argument("--force", action="store_true", help="rescore hours that are already committed")
+    _add_run_options(fill)
+
+    clean = commands.add_parser("sweep", help="delete the Azure VMs, NICs, disks and public IPs crashed runs left",
+                                description="delete the Azure VMs, NICs, disks and public IPs crashed runs left, "
+                                "by tag and age, in fleetscore.cluster.azure's resource group")
+    clean.set_defaults(func=sweep)
+    clean.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    clean.add_argument("--older-than", help="only resources created longer ago, e.g. 30m, 6h, 2d; 0 for any age "
+                       "(default: fleetscore.sweep.older-than)")
+    clean.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                       help="tag a resource must carry, repeatable, e.g. fleetscore-flow-run=<id> "
+                       "(default: fleetscore.cluster.azure.tags)")
     return top
 
 

@@ -70,7 +70,7 @@ def train_fleet(
         "models": len(manifest["models"]),
         "packs": len(manifest["packs"]),
         "failed": len(failures),
-        "manifest": target.path(layout.MANIFEST),
+        "manifest": target.url_of(layout.MANIFEST),
         "seconds": round(time.perf_counter() - started, 2),
     }
     for failure in failures[:20]:

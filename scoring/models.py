@@ -110,7 +110,7 @@ def read_manifest(store: Store) -> Manifest:
         return json.loads(store.read(layout.MANIFEST))
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"no model manifest at {store.path(layout.MANIFEST)}: run `fleetscore train --store {store.url}` first"
+            f"no model manifest at {store.url_of(layout.MANIFEST)}: run `fleetscore train --store {store.url}` first"
         ) from None
 
 

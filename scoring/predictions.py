@@ -78,7 +78,7 @@ def read_predictions(store: Store, hour: datetime) -> pd.DataFrame:
     """The committed predictions of an hour, sorted by device, tag and time."""
     marker = committed(store, hour)
     if marker is None:
-        raise FileNotFoundError(f"{store.path(layout.predictions_dir(hour))} is not committed")
+        raise FileNotFoundError(f"{store.url_of(layout.predictions_dir(hour))} is not committed")
     frame = _read(store, marker["parts"])
     if frame.empty:
         return frame
@@ -89,5 +89,5 @@ def read_errors(store: Store, hour: datetime) -> pd.DataFrame:
     """The committed hour's failed devices with file and reason."""
     marker = committed(store, hour)
     if marker is None:
-        raise FileNotFoundError(f"{store.path(layout.predictions_dir(hour))} is not committed")
+        raise FileNotFoundError(f"{store.url_of(layout.predictions_dir(hour))} is not committed")
     return _read(store, [marker["errors"]])

@@ -81,6 +81,10 @@ class Store:
         """Absolute path (as the filesystem names it) of a layout path."""
         return f"{self._opened[1]}/{rel}" if rel else self._opened[1]
 
+    def url_of(self, rel: str) -> str:
+        """A layout path as a URL users can paste (``az://c/p/predictions/...``)."""
+        return f"{self.url.rstrip('/')}/{rel}"
+
     def rel(self, path: str) -> str:
         """Inverse of :meth:`path`."""
         return path.split(self._opened[1] + "/", 1)[-1]

@@ -23,7 +23,7 @@ def hour_files(store: Store, hour: datetime) -> list[str]:
     folder = layout.telemetry_dir(hour)
     files = [f for f in store.list(folder) if f.endswith((".parquet", ".csv"))]
     if not files:
-        raise FileNotFoundError(f"no telemetry for {layout.hour_label(hour)}: {store.path(folder)} holds no .parquet or .csv")
+        raise FileNotFoundError(f"no telemetry for {layout.hour_label(hour)}: {store.url_of(folder)} holds no .parquet or .csv")
     return files
 
 

@@ -24,7 +24,7 @@ def test_azurite_and_local_runs_give_the_same_models_and_predictions(
     on_blob = run_everything(az_store, write_fleet, train_hours, scored_hour)
     on_disk = run_everything(local, write_fleet, train_hours, scored_hour)
     assert on_blob["devices_scored"] == on_disk["devices_scored"] == 12
-    assert on_blob["predictions"].startswith(az_store.path(""))
+    assert on_blob["predictions"].startswith(az_store.url)
     blob_models, disk_models = models.read_manifest(az_store)["models"], models.read_manifest(local)["models"]
     assert {n: e["sha256"] for n, e in blob_models.items()} == {n: e["sha256"] for n, e in disk_models.items()}
     pd.testing.assert_frame_equal(predictions.read_predictions(az_store, scored_hour),
