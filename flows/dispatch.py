@@ -20,12 +20,14 @@ def run_batches(
     on_error: Callable[[int, BaseException], Any],
     logger: logging.Logger | logging.LoggerAdapter,
     retries: int,
+    on_done: Callable[[], Any] | None = None,
 ) -> list[Any]:
     """Run ``func(*args)`` for each ``(name, args)`` on the cluster; return results in batch order.
 
     A batch that still fails after ``retries`` Dask retries (a lost worker, a
     storage error) is turned into a result by ``on_error(index, exc)``, so one
     batch never sinks the others. Results are small: parts are written by workers.
+    ``on_done()`` is called after each batch, e.g. to move a progress bar.
     """
     futures = {
         client.submit(func, *args, key=f"{func.__name__}-{name}", retries=retries, pure=False): i
@@ -40,4 +42,6 @@ def run_batches(
             logger.warning("batch %s failed after %d retries: %s", batches[index][0], retries, exc)
             results[index] = on_error(index, exc)
         logger.info("batch %d/%d done (%s)", done, len(batches), batches[index][0])
+        if on_done:
+            on_done()
     return results

@@ -6,25 +6,38 @@ import time
 from datetime import datetime
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.tasks import exponential_backoff
 
 from cluster.clusters import open_cluster
 from cluster.config import setting
 from flows import report
 from flows.dispatch import run_batches
+from flows.hours import score_run_name, target_hour
+from flows.progress import BatchProgress
 from scoring import layout, models, predictions, telemetry
 from scoring.batch import BatchResult, plan, score_batch, unmodelled
 from scoring.records import Failure
 from scoring.store import Store
 
 
-@task(retries=2, retry_delay_seconds=[2, 10])
+STORAGE_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+}
+"""Prefect retries of a task that reads or writes the store: 2s, 4s, 8s with jitter, so that
+many runs hitting a throttled storage account do not retry in lockstep."""
+
+
+@task(**STORAGE_RETRIES)
 def read_inputs(store: Store, hour: datetime) -> tuple[models.Manifest, list[str]]:
     """The model manifest and the devices reporting in the hour (retried: storage hiccups)."""
     return models.read_manifest(store), telemetry.hour_devices(store, hour)
 
 
-@task(retries=2, retry_delay_seconds=[2, 10])
+@task(**STORAGE_RETRIES)
 def commit_hour(store: Store, hour: datetime, results: list[BatchResult],
                 failures: list[Failure]) -> dict[str, Any]:
     """Write the errors file and the commit marker: the hour becomes visible at once."""
@@ -38,6 +51,33 @@ def commit_hour(store: Store, hour: datetime, results: list[BatchResult],
     return predictions.commit(store, hour, parts, failures, stats)
 
 
+@task(**STORAGE_RETRIES)
+def read_anomalies(store: Store, hour: datetime) -> pd.DataFrame:
+    """The committed hour's ``ts, device, anomaly`` columns, for the picture (read through the marker)."""
+    return predictions.read_predictions(store, hour)[["ts", "device", "anomaly"]]
+
+
+def adapt_bounds(minimum: int | None, maximum: int | None) -> dict[str, int] | None:
+    """Adaptive bounds from flow parameters over ``fleetscore.cluster.adapt``; ``None`` keeps the setting."""
+    if minimum is None and maximum is None:
+        return None
+    given = {k: v for k, v in (("minimum", minimum), ("maximum", maximum)) if v is not None}
+    return (setting("cluster.adapt") or {}) | given
+
+
+def check_granularity(manifest: models.Manifest, granularity: str | None) -> None:
+    """Refuse to score when the deployment expects other models than those published.
+
+    Granularity is fixed when models are trained; a deployment that names one
+    catches a retrain at the other granularity before it silently changes what is scored.
+    """
+    if granularity and manifest["granularity"] != granularity:
+        raise ValueError(
+            f"the published models are per {manifest['granularity']}, the run expects per {granularity}: "
+            f"retrain with `fleetscore train --granularity {granularity}` or change the parameter"
+        )
+
+
 def _lost_batch(manifest: models.Manifest, names: list[str], exc: BaseException) -> BatchResult:
     """A batch that failed as a whole: every model in it is a failure with the reason."""
     entries = [manifest["models"][n] for n in names]
@@ -45,45 +85,57 @@ def _lost_batch(manifest: models.Manifest, names: list[str], exc: BaseException)
     return BatchResult(names, failures=[Failure(e["device"], reason, e["file"], e["tag"]) for e in entries])
 
 
-@flow(name="score-fleet", log_prints=True)
+@flow(name="score-fleet", flow_run_name=score_run_name, log_prints=True)
 def score_fleet(
     store: str | None = None,
     hour: str | None = None,
     cluster: str | None = None,
     max_failed_share: float | None = None,
+    address: str | None = None,
+    adapt_minimum: int | None = None,
+    adapt_maximum: int | None = None,
+    granularity: str | None = None,
 ) -> dict[str, Any]:
     """Score one hour (default: the last full hour) with each device's own model.
 
     Args:
         store: store URL; default ``fleetscore.store``.
-        hour: ``YYYY-MM-DDTHH`` in UTC; default the last full hour.
+        hour: ``YYYY-MM-DDTHH`` in UTC; default the last full hour before the run's
+            scheduled start, so a late scheduled run still scores its own hour.
         cluster: cluster kind (``local``, ``address``); default ``fleetscore.cluster.kind``.
         max_failed_share: the run fails above this share of failed devices.
+        address: scheduler address for ``cluster="address"``; default ``fleetscore.cluster.address``.
+        adapt_minimum: fewest workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
+        adapt_maximum: most workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
+        granularity: ``device`` or ``sensor`` to check the published models against; default: any.
     """
     started = time.perf_counter()
     logger = get_run_logger()
     target = Store(setting("store", store))
-    when = layout.parse_hour(hour) if hour else layout.last_full_hour()
+    when = target_hour(hour)
     manifest, devices = read_inputs(target, when)
+    check_granularity(manifest, granularity)
     failures = unmodelled(devices, manifest)
     batches = plan(manifest)
     logger.info("scoring %s: %d models in %d batches, %d devices reporting",
                 layout.hour_label(when), len(manifest["models"]), len(batches), len(devices))
-    with open_cluster(cluster) as client:
+    with open_cluster(cluster, address=address, adapt=adapt_bounds(adapt_minimum, adapt_maximum)) as client:
         logger.info("Dask dashboard: %s", client.dashboard_link)
         jobs = [(f"{layout.hour_label(when)}-{i:05d}", (target, when, models.manifest_slice(manifest, names)))
                 for i, names in enumerate(batches)]
-        results = run_batches(client, score_batch, jobs,
-                              lambda i, exc: _lost_batch(manifest, batches[i], exc), logger,
-                              retries=setting("scoring.batch-retries"))
+        with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
+            results = run_batches(client, score_batch, jobs,
+                                  lambda i, exc: _lost_batch(manifest, batches[i], exc), logger,
+                                  retries=setting("scoring.batch-retries"), on_done=progress.update)
         dashboard = client.dashboard_link
-        workers = len(client.scheduler_info()["workers"])
     failures += [f for r in results for f in r.failures]
     marker = commit_hour(target, when, results, failures)
     stats = report.model_stats(results)
     summary = report.summary(target, when, marker, failures, stats, time.perf_counter() - started,
-                             dashboard, workers)
-    report.publish(summary, stats, failures)
+                             dashboard, progress.peak_workers)
+    pictured = report.pictured_devices(stats)
+    picture = report.anomaly_picture(when, read_anomalies(target, when), pictured) if pictured else None
+    report.publish(summary, stats, failures, picture)
     logger.info(report.one_line(summary))
     report.enforce_failure_share(summary, setting("scoring.max-failed-share", max_failed_share))
     return summary

@@ -1,0 +1,76 @@
+"""The ``backfill-fleet`` flow: score a range of hours on one cluster, skipping committed hours."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from cluster.clusters import open_cluster
+from cluster.config import setting
+from flows.score import STORAGE_RETRIES, adapt_bounds, score_fleet
+from scoring import layout, predictions
+from scoring.store import Store
+
+
+class BackfillFailed(RuntimeError):
+    """Some hours of the range did not complete; the others are committed."""
+
+
+@task(**STORAGE_RETRIES)
+def hours_to_score(store: Store, hours: list[datetime], force: bool) -> list[datetime]:
+    """The hours without a commit marker, or all of them when ``force`` is set."""
+    return list(hours) if force else [h for h in hours if predictions.committed(store, h) is None]
+
+
+@flow(name="backfill-fleet", flow_run_name="backfill-{start}..{end}", log_prints=True)
+def backfill_fleet(
+    start: str,
+    end: str,
+    store: str | None = None,
+    force: bool = False,
+    cluster: str | None = None,
+    address: str | None = None,
+    adapt_minimum: int | None = None,
+    adapt_maximum: int | None = None,
+    granularity: str | None = None,
+) -> dict[str, Any]:
+    """Score every hour from ``start`` to ``end`` (inclusive) that is not committed yet.
+
+    One cluster serves the whole range: each hour is a ``score-fleet`` subflow
+    run, named after its hour and with its own artifacts, that connects to this
+    cluster by address instead of starting its own, so a week of hours does not
+    pay a week of cluster start-ups. A failed hour does not stop the others;
+    the backfill fails at the end, naming the hours to rerun.
+
+    Args:
+        start: first hour, ``YYYY-MM-DDTHH`` UTC.
+        end: last hour, ``YYYY-MM-DDTHH`` UTC.
+        store: store URL; default ``fleetscore.store``.
+        force: rescore committed hours too.
+        cluster: cluster kind (``local``, ``address``); default ``fleetscore.cluster.kind``.
+        address: scheduler address for ``cluster="address"``.
+        adapt_minimum: fewest workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
+        adapt_maximum: most workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
+        granularity: ``device`` or ``sensor`` to check the published models against.
+    """
+    logger = get_run_logger()
+    target = Store(setting("store", store))
+    hours = layout.hour_range(layout.parse_hour(start), layout.parse_hour(end))
+    todo = hours_to_score(target, hours, force)
+    logger.info("backfill %s..%s: %d hours, %d to score, %d already committed",
+                start, end, len(hours), len(todo), len(hours) - len(todo))
+    states = {}
+    if todo:
+        with open_cluster(cluster, address=address, adapt=adapt_bounds(adapt_minimum, adapt_maximum)) as client:
+            shared = client.scheduler.address
+            for hour in todo:
+                states[layout.hour_label(hour)] = score_fleet(
+                    store=target.url, hour=layout.hour_label(hour), cluster="address", address=shared,
+                    granularity=granularity, return_state=True)
+    failed = sorted(label for label, state in states.items() if not state.is_completed())
+    if failed:
+        raise BackfillFailed(f"hours {', '.join(failed)} failed (see their score-fleet runs); "
+                             f"the other hours are committed, rerun the range to retry only the failed ones")
+    return {"hours": len(hours), "scored": sorted(states), "skipped": len(hours) - len(todo)}
