@@ -12,6 +12,7 @@ from prefect.tasks import exponential_backoff
 
 from cluster.clusters import open_cluster
 from cluster.config import setting
+from cluster.hooks import delete_run_cluster
 from flows import report
 from flows.dispatch import run_batches
 from flows.hours import score_run_name, target_hour
@@ -48,7 +49,8 @@ def commit_hour(store: Store, hour: datetime, results: list[BatchResult],
         "failed": len(failures),
     }
     parts = [r.part for r in results if r.part]
-    return predictions.commit(store, hour, parts, failures, stats)
+    quarantined = [telemetry.anonymous_rows(store, hour), *(r.quarantined for r in results)]
+    return predictions.commit(store, hour, parts, failures, stats, quarantined)
 
 
 @task(**STORAGE_RETRIES)
@@ -85,7 +87,8 @@ def _lost_batch(manifest: models.Manifest, names: list[str], exc: BaseException)
     return BatchResult(names, failures=[Failure(e["device"], reason, e["file"], e["tag"]) for e in entries])
 
 
-@flow(name="score-fleet", flow_run_name=score_run_name, log_prints=True)
+@flow(name="score-fleet", flow_run_name=score_run_name, log_prints=True,
+      on_cancellation=[delete_run_cluster], on_crashed=[delete_run_cluster])
 def score_fleet(
     store: str | None = None,
     hour: str | None = None,

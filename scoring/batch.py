@@ -38,6 +38,7 @@ class BatchResult:
     rows: int = 0
     failures: list[Failure] = field(default_factory=list)
     stats: pd.DataFrame | None = None
+    quarantined: pd.DataFrame | None = None
     seconds: float = 0.0
 
     @property
@@ -78,13 +79,13 @@ def unmodelled(devices: Sequence[str], manifest: Manifest) -> list[Failure]:
 
 
 def _read_devices(store: Store, hour: datetime, devices: list[str], names: Sequence[str],
-                  manifest: Manifest) -> tuple[pd.DataFrame | None, list[Failure]]:
-    """The batch's rows of the hour; an unreadable file fails every model of the batch."""
+                  manifest: Manifest) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[Failure]]:
+    """The batch's valid rows of the hour and its quarantined rows; an unreadable file fails every model."""
     try:
-        return telemetry.read_hour(store, hour, devices), []
+        return *telemetry.read_rows(store, hour, devices), []
     except (ValueError, FileNotFoundError) as exc:
         entries = [manifest["models"][n] for n in names]
-        return None, [Failure(e["device"], str(exc), tag=e["tag"]) for e in entries]
+        return None, None, [Failure(e["device"], str(exc), tag=e["tag"]) for e in entries]
 
 
 def score_batch(store: Store, hour: datetime, manifest: Manifest) -> BatchResult:
@@ -93,7 +94,7 @@ def score_batch(store: Store, hour: datetime, manifest: Manifest) -> BatchResult
     names = sorted(manifest["models"])
     loaded, failures = model_io.load_models(store, manifest, names)
     devices = sorted({manifest["models"][n]["device"] for n in loaded})
-    rows, read_failures = _read_devices(store, hour, devices, list(loaded), manifest)
+    rows, quarantined, read_failures = _read_devices(store, hour, devices, list(loaded), manifest)
     failures += read_failures
     scored = []
     if rows is not None:
@@ -109,7 +110,7 @@ def score_batch(store: Store, hour: datetime, manifest: Manifest) -> BatchResult
                 continue
             scored.append((f, score, anomaly, entry["sha256"]))
     frame = predictions_frame(scored)
-    result = BatchResult(names, rows=len(frame), failures=failures, stats=_stats(frame))
+    result = BatchResult(names, rows=len(frame), failures=failures, stats=_stats(frame), quarantined=quarantined)
     if len(frame):
         result.part = predictions.write_part(store, hour, frame)
     result.seconds = time.perf_counter() - started

@@ -17,31 +17,62 @@ from scoring.records import Failure, Features, ModelKey
 LONG_COLUMNS = ("ts", "device", "tag", "value")
 
 
-def normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Return telemetry with the contract's columns and types.
+QUARANTINE_COLUMNS = ("ts", "device", "tag", "value", "reason")
 
-    Accepts the original sample's ``TS,Device,Tag,Value`` headers. Raises
-    ``ValueError`` naming the missing columns or the column that has the wrong type.
+
+def validate(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split telemetry into rows that meet the contract and rows that do not.
+
+    Accepts the original sample's ``TS,Device,Tag,Value`` headers. Returns the
+    good rows normalised (UTC ``ts``, string ``device`` and ``tag``, float
+    ``value``) and the bad rows as they came, as strings, with a ``reason``, so
+    they can be kept in quarantine rather than dropped. NaN or infinite values
+    are kept: they fail their own device, which is reported by name. Raises
+    ``ValueError`` when whole columns are missing: then no row can be trusted.
     """
     renamed = frame.rename(columns={c: c.lower() for c in frame.columns if isinstance(c, str)})
     missing = [c for c in LONG_COLUMNS if c not in renamed.columns]
     if missing:
         raise ValueError(f"telemetry lacks column(s) {missing}; expected {list(LONG_COLUMNS)}")
-    out = renamed.loc[:, list(LONG_COLUMNS)]
-    try:
-        ts = pd.to_datetime(out["ts"], utc=True)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"telemetry column 'ts' is not a timestamp: {exc}") from None
-    if not pd.api.types.is_numeric_dtype(out["value"]) or pd.api.types.is_bool_dtype(out["value"]):
-        raise ValueError(f"telemetry column 'value' must be numeric, not {out['value'].dtype}")
-    return pd.DataFrame(
-        {
-            "ts": ts,
-            "device": out["device"].astype("string"),
-            "tag": out["tag"].astype("string"),
-            "value": out["value"].astype("float64"),
-        }
-    )
+    raw = renamed.loc[:, list(LONG_COLUMNS)]
+    ts, value = _timestamps(raw["ts"]), _numbers(raw["value"])
+    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
+    reason = reason.mask(value.isna() & raw["value"].notna(), "value is not a number")
+    reason = reason.mask(ts.isna(), "ts is not a timestamp")
+    reason = reason.mask(raw["device"].isna() | raw["tag"].isna(), "device or tag is missing")
+    bad = reason.notna().to_numpy()
+    good = pd.DataFrame({
+        "ts": ts[~bad],
+        "device": raw["device"][~bad].astype("string"),
+        "tag": raw["tag"][~bad].astype("string"),
+        "value": value[~bad].astype("float64"),
+    }).reset_index(drop=True)
+    quarantined = raw[bad].astype("string").assign(reason=reason[bad]).reset_index(drop=True)
+    return good, quarantined
+
+
+def _timestamps(values: pd.Series) -> pd.Series:
+    """UTC timestamps; what cannot be read as one becomes NaT."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return pd.to_datetime(values, utc=True)
+    return pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+
+
+def _numbers(values: pd.Series) -> pd.Series:
+    """Floats; booleans and text that is not a number become NaN."""
+    if pd.api.types.is_bool_dtype(values):
+        return pd.Series(np.nan, index=values.index)
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype("float64")
+    return pd.to_numeric(values.where(~values.map(lambda v: isinstance(v, bool))), errors="coerce")
+
+
+def normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Telemetry that must meet the contract in full, normalised; else ``ValueError`` with the first reason."""
+    good, bad = validate(frame)
+    if len(bad):
+        raise ValueError(f"{len(bad)} telemetry rows break the contract, e.g. {bad.iloc[0].to_dict()}")
+    return good
 
 
 def _slices(labels: np.ndarray) -> dict[str, slice]:

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from scoring import layout
+from scoring.features import QUARANTINE_COLUMNS
 from scoring.records import Failure
 from scoring.store import Store, parquet_bytes, sha256
 
@@ -44,19 +45,30 @@ def errors_frame(failures: Sequence[Failure]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(ERROR_COLUMNS)).astype("string")
 
 
+def quarantine_frame(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame:
+    """Telemetry rows that broke the contract, as strings with file and reason, in a stable order."""
+    columns = [*QUARANTINE_COLUMNS, "file"]
+    rows = pd.concat([f for f in frames if f is not None and len(f)] or [pd.DataFrame(columns=columns)])
+    return rows[columns].astype("string").sort_values(columns, ignore_index=True)
+
+
 def commit(store: Store, hour: datetime, parts: Sequence[str], failures: Sequence[Failure],
-           stats: dict[str, int]) -> dict[str, Any]:
-    """Make the hour visible: write its errors file, then the marker, then drop leftovers."""
+           stats: dict[str, int], quarantined: Sequence[pd.DataFrame] = ()) -> dict[str, Any]:
+    """Make the hour visible: write its errors and quarantine files, then the marker, then drop leftovers."""
     errors = _write_addressed(store, hour, "errors", errors_frame(failures))
+    kept = quarantine_frame(quarantined)
+    quarantine = _write_addressed(store, hour, "quarantine", kept)
     marker = {
         "hour": layout.hour_label(hour),
         "parts": sorted(parts),
         "errors": errors,
+        "quarantine": quarantine,
+        "quarantined_rows": len(kept),
         **stats,
     }
     folder = layout.predictions_dir(hour)
     store.write(f"{folder}/{layout.COMMIT_MARKER}", json.dumps(marker, indent=1, sort_keys=True).encode())
-    keep = {*marker["parts"], errors, f"{folder}/{layout.COMMIT_MARKER}"}
+    keep = {*marker["parts"], errors, quarantine, f"{folder}/{layout.COMMIT_MARKER}"}
     store.remove([f for f in store.list(folder) if f not in keep])
     return marker
 
@@ -74,12 +86,16 @@ def _read(store: Store, rels: Sequence[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def read_predictions(store: Store, hour: datetime) -> pd.DataFrame:
-    """The committed predictions of an hour, sorted by device, tag and time."""
+def _marker(store: Store, hour: datetime) -> dict[str, Any]:
     marker = committed(store, hour)
     if marker is None:
         raise FileNotFoundError(f"{store.url_of(layout.predictions_dir(hour))} is not committed")
-    frame = _read(store, marker["parts"])
+    return marker
+
+
+def read_predictions(store: Store, hour: datetime) -> pd.DataFrame:
+    """The committed predictions of an hour, sorted by device, tag and time."""
+    frame = _read(store, _marker(store, hour)["parts"])
     if frame.empty:
         return frame
     return frame.sort_values(["device", "tag", "ts"], kind="stable", ignore_index=True)
@@ -87,7 +103,9 @@ def read_predictions(store: Store, hour: datetime) -> pd.DataFrame:
 
 def read_errors(store: Store, hour: datetime) -> pd.DataFrame:
     """The committed hour's failed devices with file and reason."""
-    marker = committed(store, hour)
-    if marker is None:
-        raise FileNotFoundError(f"{store.url_of(layout.predictions_dir(hour))} is not committed")
-    return _read(store, [marker["errors"]])
+    return _read(store, [_marker(store, hour)["errors"]])
+
+
+def read_quarantine(store: Store, hour: datetime) -> pd.DataFrame:
+    """The committed hour's telemetry rows that broke the contract, with file and reason."""
+    return _read(store, [_marker(store, hour)["quarantine"]])

@@ -103,11 +103,17 @@ class Store:
         return self.fs.cat_file(self.path(rel))
 
     def read_many(self, rels: list[str]) -> dict[str, bytes]:
-        """Read files in one bulk call: concurrent requests on blob storage."""
+        """Read files in one bulk call (concurrent requests on blob storage); absent files are left out.
+
+        Any other error (network, permissions) is raised: an outage must not look like missing files.
+        """
         if not rels:
             return {}
-        found = self.fs.cat([self.path(r) for r in rels], on_error="omit")
-        return {self.rel(p): data for p, data in found.items()}
+        found = self.fs.cat([self.path(r) for r in rels], on_error="return")
+        for result in found.values():
+            if isinstance(result, Exception) and not isinstance(result, FileNotFoundError):
+                raise result
+        return {self.rel(p): data for p, data in found.items() if not isinstance(data, Exception)}
 
     def write(self, rel: str, data: bytes) -> None:
         """Write a whole file so that readers see the old content or the new, never a part.

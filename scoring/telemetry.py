@@ -8,10 +8,11 @@ from datetime import datetime
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scoring import layout
-from scoring.features import normalise
+from scoring.features import normalise, validate
 from scoring.store import Store
 
 ROW_GROUP_ROWS = 64_000
@@ -39,28 +40,58 @@ def write_hour(store: Store, hour: datetime, frame: pd.DataFrame, name: str = "p
     return rel
 
 
+def _device_column(frame: pd.DataFrame) -> str:
+    """``device``, or ``Device`` in files shaped like the original sample's CSV."""
+    return next((c for c in frame.columns if c.lower() == "device"), "device")
+
+
 def _read_file(store: Store, rel: str, devices: Sequence[str] | None) -> pd.DataFrame:
+    """One file's rows (of ``devices`` only, if given) as they are stored."""
     path = store.path(rel)
     if rel.endswith(".csv"):
         with store.fs.open(path, "rb") as f:
-            frame = normalise(pd.read_csv(f))
-        return frame if devices is None else frame[frame["device"].isin(devices)]
+            frame = pd.read_csv(f, dtype=str)
+        device = _device_column(frame)
+        return frame if devices is None or device not in frame else frame[frame[device].isin(devices)]
     filters = None if devices is None else [("device", "in", list(devices))]
-    table = pq.read_table(path, filesystem=store.fs, filters=filters)
-    return normalise(table.to_pandas())
+    return pq.read_table(path, filesystem=store.fs, filters=filters).to_pandas()
+
+
+def read_rows(
+    store: Store, hour: datetime, devices: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The hour's telemetry (only ``devices`` if given): valid rows normalised, and the quarantine.
+
+    Quarantined rows carry a ``reason`` and their ``file``. Raises ``ValueError``
+    naming the file when a file cannot be read as telemetry at all.
+    """
+    good, bad = [], []
+    for rel in hour_files(store, hour):
+        try:
+            valid, quarantined = validate(_read_file(store, rel, devices))
+        except (ValueError, pa.ArrowException) as exc:
+            raise ValueError(f"{store.url_of(rel)}: {exc}") from exc
+        good.append(valid)
+        bad.append(quarantined.assign(file=rel))
+    return pd.concat(good, ignore_index=True), pd.concat(bad, ignore_index=True)
 
 
 def read_hour(store: Store, hour: datetime, devices: Sequence[str] | None = None) -> pd.DataFrame:
-    """The hour's telemetry (only ``devices`` if given), normalised to ``ts, device, tag, value``.
+    """The hour's valid telemetry; see :func:`read_rows` for the rows that are not."""
+    return read_rows(store, hour, devices)[0]
 
-    Raises ``ValueError`` naming the file when one cannot be read as telemetry.
-    """
+
+def anonymous_rows(store: Store, hour: datetime) -> pd.DataFrame:
+    """Rows without a device id, quarantined: no batch reads them, so the flow keeps them."""
     frames = []
     for rel in hour_files(store, hour):
-        try:
-            frames.append(_read_file(store, rel, devices))
-        except (ValueError, pa.ArrowException) as exc:
-            raise ValueError(f"{store.path(rel)}: {exc}") from exc
+        if rel.endswith(".csv"):
+            frame = _read_file(store, rel, None)
+            frame = frame[frame[_device_column(frame)].isna()]
+        else:
+            frame = pq.read_table(store.path(rel), filesystem=store.fs,
+                                  filters=pc.field("device").is_null()).to_pandas()
+        frames.append(validate(frame)[1].assign(file=rel))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -69,7 +100,8 @@ def hour_devices(store: Store, hour: datetime) -> list[str]:
     ids: set[str] = set()
     for rel in hour_files(store, hour):
         if rel.endswith(".csv"):
-            ids.update(_read_file(store, rel, None)["device"].dropna().unique())
+            frame = _read_file(store, rel, None)
+            ids.update(frame[_device_column(frame)].dropna().unique())
         else:
             column = pq.read_table(store.path(rel), filesystem=store.fs, columns=["device"]).column(0)
             ids.update(column.unique().to_pylist())
