@@ -14,9 +14,7 @@ from typing import Any
 
 from prefect.logging.loggers import flow_run_logger
 
-from cluster.azure import FLOW_RUN_TAG
 from cluster.config import setting
-from cluster.sweep import report, sweep_configured
 
 
 def delete_run_cluster(flow: Any, flow_run: Any, state: Any) -> None:
@@ -26,6 +24,9 @@ def delete_run_cluster(flow: Any, flow_run: Any, state: Any) -> None:
     if kind != "azure":
         logger.info("run %s (%s): a %s cluster does not outlive the flow process", flow_run.id, state.name, kind)
         return
+    from cluster.azure import FLOW_RUN_TAG  # imported here: the azure extra is optional
+    from cluster.sweep import report, sweep_configured
+
     found, failed = sweep_configured({FLOW_RUN_TAG: str(flow_run.id)}, older_than="0", dry_run=False)
     for line in report(found, failed, dry_run=False):
         logger.info(line)

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 
 from cluster.clusters import open_cluster
 from cluster.config import setting
+from cluster.hooks import delete_run_cluster
 from flows.dispatch import run_batches
 from scoring import layout, models, telemetry
 from scoring.batch import TrainResult, train_batch, valid_devices
@@ -24,7 +25,8 @@ def window_devices(store: Store, hours: list[datetime]) -> list[str]:
     return sorted({d for h in hours for d in telemetry.hour_devices(store, h)})
 
 
-@flow(name="train-fleet", log_prints=True)
+@flow(name="train-fleet", log_prints=True,
+      on_cancellation=[delete_run_cluster], on_crashed=[delete_run_cluster])
 def train_fleet(
     start: str,
     end: str,

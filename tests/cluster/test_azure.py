@@ -84,11 +84,11 @@ def offline_start(fake_azure, caplog, capsys):
     async def start():
         with azure.restored_dask_config():
             cluster = azure.AzureRunCluster(
-                run_tags=azure.run_tags({"app": "fleetscore"}, "run-123"), start_timeout=3,
+                run_tags=azure.run_tags({"app": "fleetscore"}, "run-123"), start_timeout=1,
                 asynchronous=True,
                 **azure.cluster_keywords(settings(), {"AZURE_STORAGE_ACCOUNT_KEY": SECRET}))
             cluster.compute_client = cluster.network_client = fake_azure  # the network boundary
-            with pytest.raises(TimeoutError, match="scheduler did not come up within 3s"):
+            with pytest.raises(TimeoutError, match="scheduler did not come up within 1s"):
                 await cluster
             worker = cluster.worker_class("tls://192.0.2.10:8786", **cluster.worker_options)
             return cluster, cluster.render_process_cloud_init(worker)
