@@ -1,0 +1,181 @@
+"""Hourly in production: ``fleetscore serve`` against a real Prefect server, runs read back via its API.
+
+One module, one trained fleet, one server (``prefect_server``) and one served
+process: creating the deployment, triggering and waiting for a run, then a
+backfill, as an operator would, and everything checked through the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound
+
+from flows import cli
+from flows.deploy import DEFAULT_CRON, HOURLY
+from flows.train import train_fleet
+from scoring import layout, predictions
+from scoring.store import Store
+
+from .conftest import prefect_api, stop_group
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 150
+SMALL_CLUSTER_ENV = {  # the served runs' clusters, as tests/conftest.py configures in-process ones
+    "DASK_FLEETSCORE__CLUSTER__LOCAL__DASHBOARD_ADDRESS": "None",
+    "DASK_FLEETSCORE__CLUSTER__LOCAL__MEMORY_LIMIT": "2GiB",
+    "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+}
+
+
+@pytest.fixture(scope="module")
+def api(prefect_server):
+    with prefect_api(prefect_server["PREFECT_API_URL"]):
+        yield prefect_server
+
+
+@pytest.fixture(scope="module")
+def fleet(api, tmp_path_factory, write_fleet, train_hours):
+    """A trained fleet of 12 devices in 2 packs, so a run has two batches to report."""
+    store = Store(tmp_path_factory.mktemp("store"))
+    anomalies = write_fleet(store, devices=12)
+    train_fleet(start=layout.hour_label(train_hours[0]), end=layout.hour_label(train_hours[-1]),
+                store=store.url, devices_per_pack=6)
+    return store, anomalies
+
+
+@pytest.fixture(scope="module")
+def client(api) -> SyncPrefectClient:
+    with get_client(sync_client=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def served(api, fleet, client, tmp_path_factory):
+    """``fleetscore serve`` in its own process; yields the hourly deployment once it is registered."""
+    store, _ = fleet
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("fleetscore")), "serve", "--store", store.url,
+             "--adapt-min", "1", "--adapt-max", "1"],
+            cwd=ROOT, env=os.environ | api | SMALL_CLUSTER_ENV, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        yield _wait_for_deployment(client, process, log)
+    finally:
+        stop_group(process, sig=signal.SIGINT)  # as Ctrl-C: the runner pauses its schedule
+
+
+def _wait_for_deployment(client: SyncPrefectClient, process: subprocess.Popen, log: Path):
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"fleetscore serve exited:\n{log.read_text()[-3000:]}"
+        try:
+            deployment = client.read_deployment_by_name(f"score-fleet/{HOURLY}")
+        except ObjectNotFound:
+            time.sleep(1)
+            continue
+        if "Your deployments are being served" in log.read_text():
+            return deployment
+        time.sleep(1)
+    raise TimeoutError(f"no served deployment within {RUN_TIMEOUT}s:\n{log.read_text()[-3000:]}")
+
+
+def _wait_final(client: SyncPrefectClient, run_id: UUID) -> FlowRun:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(run_id)
+        if run.state and run.state.is_final():
+            return run
+        time.sleep(2)
+    raise TimeoutError(f"flow run {run_id} not finished within {RUN_TIMEOUT}s: {run.state}")
+
+
+@pytest.fixture(scope="module")
+def triggered(served, client, scored_hour) -> FlowRun:
+    """A run of the served deployment for the scored hour, started through the API, finished."""
+    run = client.create_flow_run_from_deployment(served.id, parameters={"hour": layout.hour_label(scored_hour)})
+    return _wait_final(client, run.id)
+
+
+def _artifacts(client: SyncPrefectClient, run_id: UUID) -> dict[str, object]:
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    return {a.key: a for a in found}
+
+
+def test_serve_registers_an_hourly_utc_schedule_with_the_given_parameters(served, fleet):
+    store, _ = fleet
+    (schedule,) = served.schedules
+    assert schedule.active
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == (DEFAULT_CRON, "UTC")
+    assert served.parameters == {"store": store.url, "adapt_minimum": 1, "adapt_maximum": 1}
+    assert served.entrypoint == "flows.score.score_fleet"
+
+
+def test_a_triggered_run_completes_named_after_its_hour_and_commits_it(triggered, fleet, scored_hour):
+    store, _ = fleet
+    assert triggered.state.is_completed(), triggered.state
+    assert triggered.name == f"score-{layout.hour_label(scored_hour)}"
+    marker = predictions.committed(store, scored_hour)
+    assert marker is not None and marker["models_scored"] == 12
+
+
+def test_the_run_shows_summary_table_and_picture(triggered, client, fleet, scored_hour):
+    _, anomalies = fleet
+    key = f"score-{layout.hour_label(scored_hour).lower()}"
+    artifacts = _artifacts(client, triggered.id)
+    assert set(artifacts) == {f"{key}-summary", f"{key}-top-devices", f"{key}-anomaly-map"}
+    summary = artifacts[f"{key}-summary"].data
+    assert "| devices scored | 12 |" in summary and "| largest cluster workers | 1 |" in summary
+    assert re.search(r"\| dashboard \| \[http[^]]+\]\(http", summary)
+    top = json.loads(artifacts[f"{key}-top-devices"].data)
+    assert top[0]["anomalies"] > 0 and top[0]["device"] in set(anomalies["device"])
+    picture = artifacts[f"{key}-anomaly-map"].data
+    svg = base64.b64decode(re.search(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", picture)[1]).decode()
+    assert svg.startswith("<svg") and f">{top[0]['device']}</text>" in svg and "rgba(214,39,40" in svg
+
+
+def test_progress_is_logged_per_batch_from_the_flow_process(triggered, client):
+    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[triggered.id])))
+    messages = [entry.message for entry in logs]
+    assert any(m.startswith("batch 1/2 done") for m in messages), messages
+    assert any(m.startswith("batch 2/2 done") for m in messages), messages
+
+
+def test_backfill_over_3_hours_commits_3_hours_on_one_cluster(triggered, fleet, client, train_hours,
+                                                                scored_hour, capsys):
+    store, _ = fleet
+    hours = [*train_hours, scored_hour]
+    before = [h for h in hours if predictions.committed(store, h) is None]
+    assert before == train_hours  # the triggered run committed the scored hour already
+    args = ["backfill", "--store", store.url, "--from", layout.hour_label(hours[0]),
+            "--to", layout.hour_label(hours[-1])]
+    assert cli.main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == {"hours": 3, "scored": [layout.hour_label(h) for h in train_hours], "skipped": 1}
+    assert all(predictions.committed(store, h) for h in hours)
+    backfill = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [
+        f"backfill-{layout.hour_label(hours[0])}..{layout.hour_label(hours[-1])}"]}))
+    (parent,) = backfill
+    hourly = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+    assert sorted(r.name for r in hourly) == [f"score-{layout.hour_label(h)}" for h in train_hours]
+    assert cli.main([*args]) == 0
+    assert json.loads(capsys.readouterr().out)["scored"] == []
