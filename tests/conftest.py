@@ -22,6 +22,21 @@ SCORED_HOUR = layout.parse_hour("2026-11-27T10")
 TRAIN_HOURS = [SCORED_HOUR - timedelta(hours=2), SCORED_HOUR - timedelta(hours=1)]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--create-external-resources", action="store_true", default=False,
+                     help="run the tests marked external, which create (and pay for) real Azure resources")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``external`` tests unless asked: they create real cloud resources, as in dask-cloudprovider."""
+    if config.getoption("--create-external-resources"):
+        return
+    skip = pytest.mark.skip(reason="creates real Azure resources: run with --create-external-resources")
+    for item in items:
+        if "external" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def small_clusters():
     """Two single-threaded workers, no dashboard port: what a 2-core CI machine can hold."""

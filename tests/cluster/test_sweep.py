@@ -1,13 +1,19 @@
 """The sweep against a fake of Azure's management clients: what crashed runs left goes, the rest stays."""
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import dask.config
 import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+from prefect.states import Crashed
 
 from cluster import sweep
 from cluster.azure import run_tags
+from cluster.hooks import delete_run_cluster
 from flows.cli import main
+from flows.score import score_fleet
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 OLD, RECENT = "aaaa1111", "bbbb2222"
@@ -129,3 +135,34 @@ def test_fleetscore_sweep_by_flow_run_tag_deletes(azure_sdk, capsys):
     assert main(["sweep", "--older-than", "0", "--tag", "fleetscore-flow-run=run-old"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "8 leftover resources found, 8 deleted, 0 failed"
     assert not any(OLD in name for items in azure_sdk.resources.values() for name in items)
+
+
+def flow_run(run_id: str, cluster: str | None):
+    return FlowRun(id=uuid.UUID(run_id), name="brave-otter", flow_id=uuid.uuid4(),
+                   parameters={"cluster": cluster} if cluster else {})
+
+
+OLD_RUN_ID = "00000000-0000-4000-8000-00000000000a"
+
+
+@pytest.fixture
+def no_api_logs():
+    """Hooks log through Prefect's run logger; keep these records off the (absent) API."""
+    with temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}):
+        yield
+
+
+@pytest.mark.usefixtures("no_api_logs")
+def test_the_crash_hook_deletes_its_runs_azure_resources_whatever_their_age(fake_azure, azure_sdk):
+    leave_cluster(fake_azure, "cccc3333", OLD_RUN_ID, timedelta(minutes=1))
+    delete_run_cluster(score_fleet, flow_run(OLD_RUN_ID, "azure"), Crashed())
+    assert {name for kind, name in fake_azure.deleted if kind == "virtual_machines"} == {
+        "dask-cccc3333-scheduler", "dask-cccc3333-worker-0f0f0f0f"}
+    assert not any("cccc3333" in name for items in fake_azure.resources.values() for name in items)
+    assert any(OLD in name for name in fake_azure.resources["virtual_machines"])  # other runs stay
+
+
+@pytest.mark.usefixtures("no_api_logs")
+def test_the_hook_of_a_local_run_touches_no_cloud(fake_azure, azure_sdk):
+    delete_run_cluster(score_fleet, flow_run(OLD_RUN_ID, "local"), Crashed())
+    assert fake_azure.deleted == []
