@@ -1,0 +1,101 @@
+"""``fleetscore score`` end to end (the ``score-fleet`` flow), split into its phases.
+
+The flow runs unchanged against a real, temporary Prefect API. Its cluster
+context manager is wrapped to time the cluster's start and teardown, so the
+fixed start-up cost is reported apart from the scoring. The same batches on
+Dask without Prefect give the baseline for Prefect's own overhead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import dask.config
+
+import flows.score
+from benchmarks.contenders import Bench, Outcome, fresh_predictions, timed
+from cluster.clusters import open_cluster
+from scoring import layout, models, predictions, telemetry
+from scoring.batch import plan, score_batch, unmodelled
+
+
+@dataclass
+class Phases:
+    """Seconds spent in each part of one flow run."""
+
+    total: float
+    before_cluster: float  # flow start, reading the manifest and the hour's devices
+    cluster_start: float
+    scoring: float  # batches on the cluster
+    teardown: float
+    after_cluster: float  # commit, report, artifacts, flow end
+
+    @property
+    def fixed(self) -> float:
+        """Cluster start and teardown: paid once per run, whatever the fleet size."""
+        return self.cluster_start + self.teardown
+
+
+@contextmanager
+def cluster_of(workers: int) -> Iterator[None]:
+    """The flow's LocalCluster at a fixed size of ``workers`` single-threaded workers."""
+    with dask.config.set({
+        "fleetscore.cluster.kind": "local",
+        "fleetscore.cluster.local.n-workers": workers,
+        "fleetscore.cluster.local.threads-per-worker": 1,
+        "fleetscore.cluster.local.dashboard-address": None,
+        "fleetscore.cluster.adapt": {"minimum": workers, "maximum": workers},
+    }):
+        yield
+
+
+def flow_run(bench: Bench) -> tuple[Outcome, Phases]:
+    """Run ``score-fleet`` on the bench's hour; the caller provides the Prefect API."""
+    marks: dict[str, float] = {}
+    fresh_predictions(bench)
+
+    @contextmanager
+    def timed_cluster(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        marks["open"] = time.perf_counter()
+        with open_cluster(*args, **kwargs) as client:
+            marks["ready"] = time.perf_counter()
+            try:
+                yield client
+            finally:
+                marks["leave"] = time.perf_counter()
+        marks["closed"] = time.perf_counter()
+
+    with cluster_of(bench.workers), mock.patch.object(flows.score, "open_cluster", timed_cluster):
+        started = time.perf_counter()
+        summary = flows.score.score_fleet(store=bench.store.url, hour=layout.hour_label(bench.hour))
+        ended = time.perf_counter()
+    phases = Phases(ended - started, marks["open"] - started, marks["ready"] - marks["open"],
+                    marks["leave"] - marks["ready"], marks["closed"] - marks["leave"], ended - marks["closed"])
+    outcome = Outcome(summary["devices_scored"], summary["rows"], summary["anomalies"], phases.total,
+                      f"cluster start {phases.cluster_start:.1f}s + teardown {phases.teardown:.1f}s included")
+    return outcome, phases
+
+
+def without_prefect(bench: Bench) -> Outcome:
+    """The flow's work with no Prefect: read inputs, one Dask task per pack, commit. Cluster start excluded."""
+    fresh_predictions(bench)
+    with cluster_of(bench.workers), open_cluster() as client:
+        def run() -> dict[str, Any]:
+            manifest = models.read_manifest(bench.store)
+            failures = unmodelled(telemetry.hour_devices(bench.store, bench.hour), manifest)
+            futures = [client.submit(score_batch, bench.store, bench.hour, models.manifest_slice(manifest, names),
+                                     pure=False) for names in plan(manifest)]
+            results = client.gather(futures)
+            stats = {"models_scored": sum(r.scored for r in results), "rows": sum(r.rows for r in results),
+                     "anomalies": sum(r.anomalies for r in results), "failed": len(failures)}
+            return predictions.commit(bench.store, bench.hour, [r.part for r in results if r.part],
+                                      failures + [f for r in results for f in r.failures], stats)
+
+        marker, seconds = timed(run)
+    return Outcome(marker["models_scored"], marker["rows"], marker["anomalies"], seconds,
+                   "same batches and commit as the flow, plain client.submit")
