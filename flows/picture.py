@@ -32,7 +32,7 @@ def minute_shares(frame: pd.DataFrame, hour: datetime, devices: Sequence[str]) -
 
 
 def _cell(row: int, minute: int, share: float) -> str:
-    colour = "#eceff3" if share == 0 else f"rgba(214,39,40,{0.3 + 0.7 * share:.2f})"
+    colour = "#eceff3" if share == 0 else f"rgba(214,39,40,{0.15 + 0.85 * share:.2f})"
     return (f'<rect x="{LABEL_W + minute * CELL_W}" y="{TOP + row * CELL_H}" width="{CELL_W - 1}" '
             f'height="{CELL_H - 1}" fill="{colour}"/>')
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -26,9 +27,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Scheduled
 
 from flows import cli
 from flows.deploy import DEFAULT_CRON, HOURLY
+from flows.score import score_fleet
 from flows.train import train_fleet
 from scoring import layout, predictions
 from scoring.store import Store
@@ -110,8 +113,12 @@ def _wait_final(client: SyncPrefectClient, run_id: UUID) -> FlowRun:
 
 @pytest.fixture(scope="module")
 def triggered(served, client, scored_hour) -> FlowRun:
-    """A run of the served deployment for the scored hour, started through the API, finished."""
-    run = client.create_flow_run_from_deployment(served.id, parameters={"hour": layout.hour_label(scored_hour)})
+    """A run of the served deployment, created through the API in its 11:05 slot, started late, finished.
+
+    It has no ``hour`` parameter, as scheduled runs: it must score the hour before its slot (10:00).
+    """
+    slot = scored_hour + timedelta(hours=1, minutes=5)
+    run = client.create_flow_run_from_deployment(served.id, state=Scheduled(scheduled_time=slot))
     return _wait_final(client, run.id)
 
 
@@ -129,9 +136,10 @@ def test_serve_registers_an_hourly_utc_schedule_with_the_given_parameters(served
     assert served.entrypoint == "flows.score.score_fleet"
 
 
-def test_a_triggered_run_completes_named_after_its_hour_and_commits_it(triggered, fleet, scored_hour):
+def test_a_late_run_scores_the_hour_before_its_slot_and_is_named_after_it(triggered, fleet, scored_hour):
     store, _ = fleet
     assert triggered.state.is_completed(), triggered.state
+    assert "hour" not in triggered.parameters
     assert triggered.name == f"score-{layout.hour_label(scored_hour)}"
     marker = predictions.committed(store, scored_hour)
     assert marker is not None and marker["models_scored"] == 12
@@ -179,3 +187,11 @@ def test_backfill_over_3_hours_commits_3_hours_on_one_cluster(triggered, fleet, 
     assert sorted(r.name for r in hourly) == [f"score-{layout.hour_label(h)}" for h in train_hours]
     assert cli.main([*args]) == 0
     assert json.loads(capsys.readouterr().out)["scored"] == []
+
+
+def test_a_run_expecting_other_models_fails_before_scoring(fleet, scored_hour):
+    store, _ = fleet
+    state = score_fleet(store=store.url, hour=layout.hour_label(scored_hour), granularity="sensor",
+                        return_state=True)
+    assert state.is_failed()
+    assert "models are per device, the run expects per sensor" in state.message
