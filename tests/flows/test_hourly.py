@@ -195,3 +195,22 @@ def test_a_run_expecting_other_models_fails_before_scoring(fleet, scored_hour):
                         return_state=True)
     assert state.is_failed()
     assert "models are per device, the run expects per sensor" in state.message
+
+
+def test_prefect_yaml_deploys_both_flows_to_the_docker_pool(api, client):
+    """Last in the module: it redeploys ``score-fleet/hourly`` onto the pool, as an operator would."""
+    image, store = "registry.example/fleetscore:0.1.0", "az://fleet/prod"
+    env = os.environ | api | {"FLEETSCORE_IMAGE": image, "FLEETSCORE_STORE": store}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    for command in (["work-pool", "create", "fleetscore-docker", "--type", "docker"], ["--no-prompt", "deploy", "--all"]):
+        done = subprocess.run([prefect, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    workdir = re.search(r"^WORKDIR (\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)[1]
+    hourly, backfill = (client.read_deployment_by_name(n) for n in ("score-fleet/hourly", "backfill-fleet/on-demand"))
+    for deployment in (hourly, backfill):
+        assert deployment.work_pool_name == "fleetscore-docker"
+        assert deployment.job_variables["image"] == image and deployment.parameters["store"] == store
+        assert deployment.pull_steps == [  # the flow run starts where the image has the code
+            {"prefect.deployments.steps.set_working_directory": {"directory": workdir}}]
+    assert [(s.schedule.cron, s.schedule.timezone) for s in hourly.schedules] == [(DEFAULT_CRON, "UTC")]
+    assert backfill.schedules == []
