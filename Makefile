@@ -50,9 +50,15 @@ demo-azurite: $(BIN)/.installed node_modules/.installed
 test: $(BIN)/.installed node_modules/.installed
 	$(BIN)/pytest
 
+# fleetscore against the compute floor and the alternatives on one generated fleet (README "Performance").
+# BENCH_ARGS=--quick for 1,000 devices; python -m benchmarks.run --help for every flag.
+BENCH_ARGS ?=
+bench: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet '.[test,azure]'
+	.lock-venv/bin/pip install --quiet '.[test,azure,bench]'
 	{ sed -n '1,3p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^fleetscore'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 

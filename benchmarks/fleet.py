@@ -58,7 +58,8 @@ class FleetSize:
 def fleet_values(size: FleetSize, first: int, count: int, seed: int, anomaly_rate: float) -> np.ndarray:
     """Readings of devices ``first .. first + count`` as a (device, row, tag) array.
 
-    Seeded by the first device, so any chunking gives the same fleet. Anomalous
+    Seeded by ``seed`` and the chunk's first device, so a size and a seed give one fleet
+    (chunks are always :data:`DEVICES_PER_FILE` devices). Anomalous
     devices get one burst of 6 readings at 3 to 6 ranges above the tag's maximum.
     """
     rng = np.random.default_rng([seed, first])
