@@ -56,6 +56,10 @@ BENCH_ARGS ?=
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
+# The fault suite alone, with its table (it also runs in `make test`).
+faults: $(BIN)/.installed node_modules/.installed
+	$(BIN)/pytest tests/faults
+
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet '.[test,azure,bench]'

@@ -54,7 +54,18 @@ def quarantine_frame(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame:
 
 def commit(store: Store, hour: datetime, parts: Sequence[str], failures: Sequence[Failure],
            stats: dict[str, int], quarantined: Sequence[pd.DataFrame] = ()) -> dict[str, Any]:
-    """Make the hour visible: write its errors and quarantine files, then the marker, then drop leftovers."""
+    """Make the hour visible: write its errors and quarantine files, then the marker, then drop leftovers.
+
+    Refuses (``RuntimeError``) when a part a batch reported is not in storage: a
+    marker must never list a file readers cannot find.
+    """
+    folder = layout.predictions_dir(hour)
+    missing = sorted(set(parts) - set(store.list(folder)))
+    if missing:
+        raise RuntimeError(
+            f"refusing to commit {layout.hour_label(hour)}: {len(missing)} written part file(s) are not in "
+            f"storage, e.g. {store.url_of(missing[0])}; rerun the hour"
+        )
     errors = _write_addressed(store, hour, "errors", errors_frame(failures))
     kept = quarantine_frame(quarantined)
     quarantine = _write_addressed(store, hour, "quarantine", kept)
@@ -66,7 +77,6 @@ def commit(store: Store, hour: datetime, parts: Sequence[str], failures: Sequenc
         "quarantined_rows": len(kept),
         **stats,
     }
-    folder = layout.predictions_dir(hour)
     store.write(f"{folder}/{layout.COMMIT_MARKER}", json.dumps(marker, indent=1, sort_keys=True).encode())
     keep = {*marker["parts"], errors, quarantine, f"{folder}/{layout.COMMIT_MARKER}"}
     store.remove([f for f in store.list(folder) if f not in keep])

@@ -66,7 +66,9 @@ class Store:
     @cached_property
     def _opened(self) -> tuple[fsspec.AbstractFileSystem, str]:
         # fsspec caches instances by arguments: one filesystem (and connection pool) per process.
-        fs, root = fsspec.core.url_to_fs(self.url)
+        # No listings cache: other processes write the same folders, and a commit decided on a
+        # stale listing could list a file that is gone or delete one that was just written.
+        fs, root = fsspec.core.url_to_fs(self.url, use_listings_cache=False)
         return fs, root.rstrip("/")
 
     @property

@@ -37,3 +37,11 @@ def test_recommitting_replaces_the_hour_and_removes_leftovers(any_store):
     predictions.commit(store, HOUR, [again], [], {})
     assert again == first
     assert sorted(store.list(layout.predictions_dir(HOUR))) == before
+
+
+def test_a_commit_that_would_list_a_missing_part_is_refused(any_store):
+    part = predictions.write_part(any_store, HOUR, frame("d1", 0.5))
+    any_store.remove([part])  # acknowledged, then lost (seen with Azurite killed mid-run)
+    with pytest.raises(RuntimeError, match="refusing to commit 2026-11-27T10: 1 written part"):
+        predictions.commit(any_store, HOUR, [part], [], {})
+    assert predictions.committed(any_store, HOUR) is None

@@ -1,0 +1,243 @@
+"""Nothing lost: bad input, dying workers, vanishing storage, crashes and secrets, on real parts.
+
+Each case checks that every device is either scored or named in the hour's errors
+(devices lost = 0) and that no (device, tag, ts) row appears twice, then adds its
+row to the table printed at the end (`make faults`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cloudpickle
+import dask.config
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+from cluster.config import setting
+from flows.report import TooManyFailures
+from flows.score import score_fleet
+from scoring import layout, models, predictions, telemetry
+from scoring.batch import plan, score_batch, train_batch
+from scoring.generate import device_ids
+from scoring.predict import fit_model
+from scoring.store import Store, sha256
+
+pytestmark = pytest.mark.usefixtures("prefect_backend")
+PRELOAD = str(Path(__file__).with_name("preload_faults.py"))
+DEVICES = 12
+OUTAGE_SECONDS = 40
+"""Longer than the Azure SDK's first retry backoffs (15 s, then 18 s), shorter than all of them."""
+
+
+@pytest.fixture
+def fleet(write_fleet, train_hours):
+    """A store with a scored-hour fleet and its models (trained without a cluster: it is not under test)."""
+    def make(store: Store) -> Store:
+        write_fleet(store, devices=DEVICES, anomaly_rate=0.2)
+        ids = device_ids(DEVICES)
+        shards = [train_batch(store, train_hours, ids[i:i + 4], i // 4, "device",
+                              setting("scoring.nu"), setting("scoring.gamma")) for i in range(0, DEVICES, 4)]
+        models.write_manifest(store, "device", layout.span(train_hours),
+                              {k: v for s in shards for k, v in s.entries.items()},
+                              {k: v for s in shards for k, v in s.packs.items()})
+        return store
+    return make
+
+
+def score(store: Store, hour, **parameters) -> dict:
+    return score_fleet(store=store.url, hour=layout.hour_label(hour), **parameters)
+
+
+def files(store: Store, hour) -> dict[str, bytes]:
+    return {f: store.read(f) for f in store.list(layout.predictions_dir(hour))}
+
+
+def accounting(store: Store, hour, expected: set[str]) -> tuple[int, int]:
+    """(devices neither scored nor named in errors, duplicated prediction rows) of the committed hour."""
+    got = predictions.read_predictions(store, hour)
+    errors = predictions.read_errors(store, hour)
+    lost = expected - set(got["device"]) - set(errors["device"])
+    return len(lost), int(got.duplicated(["device", "tag", "ts"]).sum())
+
+
+def replace_model(store: Store, device: str, model) -> None:
+    """Publish another model for one device, manifest updated, as a retrain of that device would."""
+    manifest = models.read_manifest(store)
+    data = models.dump_model(model)
+    entry = manifest["models"][device]
+    store.write(entry["file"], data)
+    entry["sha256"] = sha256(data)
+    entry.pop("pack")
+    store.write(layout.MANIFEST, __import__("json").dumps(manifest).encode())
+
+
+BAD_INPUTS = {
+    "dev-00001": ("NaN value", "lack a finite value"),
+    "dev-00002": ("no rows", "no telemetry rows"),
+    "dev-00003": ("extra tag sensor9", "not among the model's features"),
+    "dev-00004": ("duplicate timestamp", "duplicate rows"),
+    "dev-00005": ("value 'high' (text)", "lack a finite value"),
+    "dev-00006": ("model file missing", "model file is missing"),
+    "dev-00007": ("model file altered", "sha256 differs"),
+    "dev-00008": ("model expects 3 features", "model expects 3 features"),
+    "newcomer": ("device without a model", "no model in the manifest"),
+    "../x": ("device id ../x", "invalid device id"),
+    "": ("empty device id", "invalid device id"),
+    "x" * 10_000: ("10,000-character device id", "invalid device id"),
+}
+
+
+def inject_bad_inputs(store: Store, hour) -> None:
+    rows = telemetry.read_hour(store, hour)
+    first = rows.groupby("device").head(1)
+    rows.loc[first.index[first["device"] == "dev-00001"], "value"] = np.nan
+    rows = rows[rows["device"] != "dev-00002"]
+    extra = rows[rows["device"] == "dev-00003"].head(3).assign(tag="sensor9")
+    dupe = rows[rows["device"] == "dev-00004"].head(1)
+    text = rows[rows["device"] == "dev-00005"].head(1)
+    rows = rows.drop(text.index)
+    strangers = [rows[rows["device"] == "dev-00000"].assign(device=d) for d in ["newcomer", "../x", "", "x" * 10_000]]
+    telemetry.write_hour(store, hour, pd.concat([rows, extra, dupe, *strangers]))
+    store.write(f"{layout.telemetry_dir(hour)}/late.csv",
+                text.astype({"value": "string"}).assign(value="high").to_csv(index=False).encode())
+    manifest = models.read_manifest(store)
+    store.remove(sorted(manifest["packs"]) + [manifest["models"]["dev-00006"]["file"]])
+    store.write(manifest["models"]["dev-00007"]["file"], b"not the published model")
+    replace_model(store, "dev-00008", fit_model(np.random.default_rng(0).normal(size=(50, 3)), nu=0.1, gamma=0.1))
+
+
+def test_bad_devices_fail_alone_and_the_rest_of_the_hour_is_unchanged(tmp_path, fleet, scored_hour, fault_table):
+    store = fleet(Store(tmp_path))
+    score(store, scored_hour)
+    clean = predictions.read_predictions(store, scored_hour)
+    inject_bad_inputs(store, scored_hour)
+    with pytest.raises(TooManyFailures, match="12 of 16 devices failed"):
+        score(store, scored_hour)  # the default threshold (half the fleet) fails the run...
+    summary = score(store, scored_hour, max_failed_share=1.0)
+
+    errors = predictions.read_errors(store, scored_hour)
+    reasons = dict(zip(errors["device"], errors["reason"]))
+    assert set(reasons) == set(BAD_INPUTS)
+    got = predictions.read_predictions(store, scored_hour)
+    healthy = sorted(set(device_ids(DEVICES)) - set(BAD_INPUTS))
+    pd.testing.assert_frame_equal(got[got["device"].isin(healthy)].reset_index(drop=True),
+                                  clean[clean["device"].isin(healthy)].reset_index(drop=True))
+    quarantined = predictions.read_quarantine(store, scored_hour)
+    assert quarantined[["device", "value", "reason"]].values.tolist() == [["dev-00005", "high", "value is not a number"]]
+    assert summary["devices_failed"] == len(BAD_INPUTS)
+    lost, dupes = accounting(store, scored_hour, set(device_ids(DEVICES)) | set(BAD_INPUTS))
+    assert (lost, dupes) == (0, 0)
+    for device, (injected, expected) in BAD_INPUTS.items():
+        assert expected in reasons[device], (device, reasons[device])
+        fault_table.append(("bad input", injected, f"that device failed: {expected}; others unchanged",
+                            lost, dupes))
+    fault_table.append(("bad row", "text in 'value'", "row kept in quarantine file", lost, dupes))
+    fault_table.append(("many bad devices", "12 of 16 devices failing", "run Failed above max-failed-share, "
+                        "good devices still committed", lost, dupes))
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(tmp_path, fleet, scored_hour,
+                                                                      fault_table, monkeypatch):
+    store = fleet(Store(tmp_path / "store"))
+    score(store, scored_hour)
+    undisturbed = files(store, scored_hour)
+    monkeypatch.setenv("FLEETSCORE_FAULT", "kill-worker")
+    monkeypatch.setenv("FLEETSCORE_FAULT_MARKER", str(tmp_path / "killed"))
+    with dask.config.set({"distributed.worker.preload": [PRELOAD]}):
+        summary = score(store, scored_hour)
+    assert (tmp_path / "killed").exists(), "the fault was not injected"
+    assert summary["devices_scored"] == DEVICES and summary["devices_failed"] == 0
+    assert files(store, scored_hour) == undisturbed
+    lost, dupes = accounting(store, scored_hour, set(device_ids(DEVICES)))
+    assert (lost, dupes) == (0, 0)
+    fault_table.append(("worker killed", "os._exit in a worker running a batch",
+                        "batch rescheduled, every device scored once, same files", lost, dupes))
+
+
+def test_a_crash_before_commit_leaves_nothing_visible_and_a_rerun_replaces_it_exactly(
+        tmp_path, fleet, scored_hour, fault_table):
+    store = fleet(Store(tmp_path))
+    score(store, scored_hour)
+    undisturbed = files(store, scored_hour)
+    folder = layout.predictions_dir(scored_hour)
+    store.remove([f"{folder}/{layout.COMMIT_MARKER}"])  # the crashed run had written parts, not the marker
+    store.write(f"{folder}/part-0123456789abcdef.parquet", b"half of a batch from the crashed run")
+    assert predictions.committed(store, scored_hour) is None
+    with pytest.raises(FileNotFoundError, match="not committed"):
+        predictions.read_predictions(store, scored_hour)
+    score(store, scored_hour)
+    assert files(store, scored_hour) == undisturbed
+    lost, dupes = accounting(store, scored_hour, set(device_ids(DEVICES)))
+    assert (lost, dupes) == (0, 0)
+    fault_table.append(("crash before commit", "parts written, no marker, a stray part",
+                        "hour invisible; rerun gives the same files, stray removed", lost, dupes))
+
+
+def restart_after_outage(azurite, marker: Path, outage: float) -> threading.Thread:
+    """Bring Azurite back (same port, same data) ``outage`` seconds after a worker killed it."""
+    def wait_and_restart() -> None:
+        while not marker.exists():
+            time.sleep(0.1)
+        time.sleep(outage)
+        azurite.stop()  # reap the killed process
+        azurite.start()
+    thread = threading.Thread(target=wait_and_restart, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_storage_killed_mid_run_never_shows_half_an_hour_and_a_rerun_matches_an_undisturbed_run(
+        azurite, az_store, fleet, scored_hour, fault_table, monkeypatch, tmp_path):
+    reference = fleet(Store(f"{az_store.url}-reference"))
+    score(reference, scored_hour)
+    store = fleet(az_store)
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("FLEETSCORE_FAULT", "kill-storage")
+    monkeypatch.setenv("FLEETSCORE_FAULT_MARKER", str(marker))
+    monkeypatch.setenv("FLEETSCORE_FAULT_PID", str(azurite.process.pid))
+    restarter = restart_after_outage(azurite, marker, OUTAGE_SECONDS)
+    with dask.config.set({"distributed.worker.preload": [PRELOAD], "fleetscore.scoring.batch-retries": 0}):
+        state = score_fleet(store=store.url, hour=layout.hour_label(scored_hour), return_state=True)
+    restarter.join(120)
+    assert marker.exists(), "the fault was not injected"
+    marker_after = predictions.committed(store, scored_hour)
+    if marker_after is not None:  # committed: then complete, with every device scored or named in errors
+        assert accounting(store, scored_hour, set(device_ids(DEVICES))) == (0, 0)
+    outcome = f"run {state.type.value.lower()}, hour {'committed whole' if marker_after else 'not committed'}"
+    score(store, scored_hour)
+    assert files(store, scored_hour) == files(reference, scored_hour)
+    lost, dupes = accounting(store, scored_hour, set(device_ids(DEVICES)))
+    assert (lost, dupes) == (0, 0)
+    fault_table.append(("storage killed", f"Azurite SIGKILLed after the first batch, back {OUTAGE_SECONDS}s later",
+                        f"{outcome}; rerun = undisturbed files", lost, dupes))
+
+
+def test_no_secret_reaches_logs_artifacts_errors_or_pickled_tasks(azurite, az_store, fleet, scored_hour,
+                                                                  fault_table):
+    store = fleet(az_store)
+    store.remove([models.read_manifest(store)["models"]["dev-00003"]["file"]])
+    store.remove(sorted(models.read_manifest(store)["packs"]))
+    state = score_fleet(store=store.url, hour=layout.hour_label(scored_hour), return_state=True)
+    run_id = state.state_details.flow_run_id
+    secret = azurite.connection_string.split("AccountKey=")[1].split(";")[0]
+    with get_client(sync_client=True) as client:
+        logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+        artifacts = [str(a.data) for a in client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))]
+    errors = predictions.read_errors(store, scored_hour)["reason"].tolist()
+    manifest = models.read_manifest(store)
+    pickled = [cloudpickle.dumps((score_batch, store, scored_hour, models.manifest_slice(manifest, names)))
+               for names in plan(manifest)]
+    assert logs and artifacts and errors == ["model file is missing"]
+    texts = [*logs, *artifacts, *errors, str(state.result()), repr(store)]
+    hits = sum(secret in t for t in texts) + sum(secret.encode() in p for p in pickled)
+    assert hits == 0
+    fault_table.append(("secrets", f"connection string with AccountKey; {len(logs)} log lines, "
+                        f"{len(artifacts)} artifacts, errors, {len(pickled)} pickled tasks",
+                        "0 occurrences of the key", 0, 0))
