@@ -22,7 +22,7 @@ from cluster.config import setting
 
 logger = logging.getLogger(__name__)
 
-# Deletion order; each kind is (client, operations group, list method) on the management clients.
+# In deletion order: operations group -> (which management client, its list method).
 KINDS = {
     "virtual_machines": ("compute", "list"),
     "disks": ("compute", "list_by_resource_group"),

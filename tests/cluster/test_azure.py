@@ -7,6 +7,8 @@ its VM classes, the cloud-init and TLS are dask-cloudprovider's and ours.
 import asyncio
 import base64
 import json
+from collections import namedtuple
+import time
 
 import dask.config
 import pytest
@@ -76,6 +78,9 @@ def inherited_config(command: str) -> dict:
     return dask.config.deserialize(encoded)
 
 
+Started = namedtuple("Started", "cluster worker_init logged seconds")
+
+
 @pytest.fixture
 def offline_start(fake_azure, caplog, capsys):
     """Start an AzureRunCluster inside a running loop against the fake; return what it did."""
@@ -84,22 +89,24 @@ def offline_start(fake_azure, caplog, capsys):
     async def start():
         with azure.restored_dask_config():
             cluster = azure.AzureRunCluster(
-                run_tags=azure.run_tags({"app": "fleetscore"}, "run-123"), start_timeout=1,
+                run_tags=azure.run_tags({"app": "fleetscore"}, "run-123"), start_timeout=3,
                 asynchronous=True,
                 **azure.cluster_keywords(settings(), {"AZURE_STORAGE_ACCOUNT_KEY": SECRET}))
             cluster.compute_client = cluster.network_client = fake_azure  # the network boundary
-            with pytest.raises(TimeoutError, match="scheduler did not come up within 1s"):
+            started = time.monotonic()
+            with pytest.raises(TimeoutError, match="scheduler did not come up within 3s"):
                 await cluster
+            seconds = time.monotonic() - started
             worker = cluster.worker_class("tls://192.0.2.10:8786", **cluster.worker_options)
-            return cluster, cluster.render_process_cloud_init(worker)
+            return cluster, cluster.render_process_cloud_init(worker), seconds
 
-    cluster, worker_init = asyncio.run(asyncio.wait_for(start(), 60))
+    cluster, worker_init, seconds = asyncio.run(asyncio.wait_for(start(), 60))
     out = capsys.readouterr()
-    return cluster, worker_init, caplog.text + out.out + out.err
+    return Started(cluster, worker_init, caplog.text + out.out + out.err, seconds)
 
 
 def test_the_scheduler_vm_runs_our_image_with_tls_and_the_credentials(offline_start, fake_azure):
-    cluster, _, _ = offline_start
+    cluster = offline_start.cluster
     [(_, vm_name, vm)] = [c for c in fake_azure.created if c[0] == "virtual_machines"]
     init = cloud_init(vm)
     line = docker_line(init)
@@ -117,8 +124,7 @@ def test_the_scheduler_vm_runs_our_image_with_tls_and_the_credentials(offline_st
 
 
 def test_a_worker_vm_joins_over_tls_with_our_worker_options(offline_start):
-    _, init, _ = offline_start
-    line = docker_line(yaml.safe_load(init))
+    line = docker_line(yaml.safe_load(offline_start.worker_init))
     assert " fleetscore.azurecr.io/fleetscore:0.1.0 " in line
     assert f'-e AZURE_STORAGE_ACCOUNT_KEY="{SECRET}"' in line
     spec = json.loads(line.split("--spec '", 1)[1].rsplit("'", 1)[0])
@@ -128,7 +134,7 @@ def test_a_worker_vm_joins_over_tls_with_our_worker_options(offline_start):
 
 
 def test_every_resource_is_tagged_with_the_flow_run_and_no_public_ip_is_made(offline_start, fake_azure):
-    cluster, _, _ = offline_start
+    cluster = offline_start.cluster
     kinds = {kind for kind, _, _ in fake_azure.created}
     assert kinds == {"network_interfaces", "virtual_machines"}
     for _, _, parameters in fake_azure.created:
@@ -139,13 +145,30 @@ def test_every_resource_is_tagged_with_the_flow_run_and_no_public_ip_is_made(off
 
 
 def test_a_scheduler_vm_that_never_answers_is_deleted_with_its_disk_and_nic(offline_start, fake_azure):
+    assert offline_start.seconds < 10  # a start timeout, not dask-cloudprovider's endless wait
     assert {kind for kind, _ in fake_azure.deleted} == {"virtual_machines", "disks", "network_interfaces"}
     assert all(fake_azure.resources[k] == {} for k in ("virtual_machines", "disks", "network_interfaces"))
 
 
 def test_credentials_never_reach_logs_or_repr_and_global_config_is_restored(offline_start):
-    cluster, _, logged = offline_start
+    cluster, logged = offline_start.cluster, offline_start.logged
     assert "Creating VM" in logged  # dask-cloudprovider's progress was captured
     assert SECRET not in logged
     assert SECRET not in repr(cluster) and SECRET not in str(cluster)
     assert dask.config.get("distributed.comm.require-encryption") in (None, False)
+
+
+def test_open_cluster_azure_times_out_deletes_its_vm_and_restores_config(fake_azure, monkeypatch):
+    # The synchronous path a flow takes, with Azure's client classes answering from the fake.
+    from dask_cloudprovider.azure import azurevm
+
+    monkeypatch.setattr(azurevm, "ComputeManagementClient", lambda credential, sub: fake_azure)
+    monkeypatch.setattr(azurevm, "NetworkManagementClient", lambda credential, sub: fake_azure)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="AzureRunCluster scheduler did not come up within 2s"):
+        with open_cluster("azure", start_timeout=2, **REQUIRED):
+            pytest.fail("no scheduler can have answered")
+    assert time.monotonic() - started < 10
+    assert [kind for kind, _, _ in fake_azure.created] == ["network_interfaces", "virtual_machines"]
+    assert all(fake_azure.resources[k] == {} for k in ("virtual_machines", "disks", "network_interfaces"))
+    assert not dask.config.get("distributed.comm.require-encryption", False)
