@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +16,11 @@ from scoring import layout, predictions
 from scoring.store import Store
 
 
+SHAREABLE = ("local",)
+"""Cluster kinds whose scheduler a subflow can join by address alone. An ``azure`` cluster's
+TLS credentials are made for its one client and cannot travel as a parameter."""
+
+
 class BackfillFailed(RuntimeError):
     """Some hours of the range did not complete; the others are committed."""
 
@@ -22,6 +29,22 @@ class BackfillFailed(RuntimeError):
 def hours_to_score(store: Store, hours: list[datetime], force: bool) -> list[datetime]:
     """The hours without a commit marker, or all of them when ``force`` is set."""
     return list(hours) if force else [h for h in hours if predictions.committed(store, h) is None]
+
+
+@contextmanager
+def _cluster_for_hours(kind: str | None, address: str | None, minimum: int | None,
+                       maximum: int | None) -> Iterator[dict[str, Any]]:
+    """The cluster parameters of the hours' subflows, on one cluster for the range where possible.
+
+    A ``local`` cluster is opened here and joined by address; an ``address``
+    cluster is joined as it is; other kinds open one cluster per hour.
+    """
+    kind = setting("cluster.kind", kind)
+    if kind not in SHAREABLE:
+        yield {"cluster": kind, "address": address, "adapt_minimum": minimum, "adapt_maximum": maximum}
+        return
+    with open_cluster(kind, adapt=adapt_bounds(minimum, maximum)) as client:
+        yield {"cluster": "address", "address": client.scheduler.address}
 
 
 @flow(name="backfill-fleet", flow_run_name="backfill-{start}..{end}", log_prints=True)
@@ -38,18 +61,20 @@ def backfill_fleet(
 ) -> dict[str, Any]:
     """Score every hour from ``start`` to ``end`` (inclusive) that is not committed yet.
 
-    One cluster serves the whole range: each hour is a ``score-fleet`` subflow
-    run, named after its hour and with its own artifacts, that connects to this
-    cluster by address instead of starting its own, so a week of hours does not
-    pay a week of cluster start-ups. A failed hour does not stop the others;
-    the backfill fails at the end, naming the hours to rerun.
+    Each hour is a ``score-fleet`` subflow run, named after its hour and with
+    its own artifacts. With a ``local`` (or ``address``) cluster one cluster
+    serves the whole range: the subflows join it by address instead of starting
+    their own, so a week of hours does not pay a week of cluster start-ups
+    (``azure`` clusters, whose credentials cannot be shared, start one per hour).
+    A failed hour does not stop the others; the backfill fails at the end,
+    naming the hours to rerun.
 
     Args:
         start: first hour, ``YYYY-MM-DDTHH`` UTC.
         end: last hour, ``YYYY-MM-DDTHH`` UTC.
         store: store URL; default ``fleetscore.store``.
         force: rescore committed hours too.
-        cluster: cluster kind (``local``, ``address``); default ``fleetscore.cluster.kind``.
+        cluster: cluster kind (``local``, ``azure``, ``address``); default ``fleetscore.cluster.kind``.
         address: scheduler address for ``cluster="address"``.
         adapt_minimum: fewest workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
         adapt_maximum: most workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
@@ -59,16 +84,14 @@ def backfill_fleet(
     target = Store(setting("store", store))
     hours = layout.hour_range(layout.parse_hour(start), layout.parse_hour(end))
     todo = hours_to_score(target, hours, force)
-    logger.info("backfill %s..%s: %d hours, %d to score, %d already committed",
+    logger.info("backfill %s..%s: %d hours, %d to score, %d skipped as committed",
                 start, end, len(hours), len(todo), len(hours) - len(todo))
     states = {}
     if todo:
-        with open_cluster(cluster, address=address, adapt=adapt_bounds(adapt_minimum, adapt_maximum)) as client:
-            shared = client.scheduler.address
+        with _cluster_for_hours(cluster, address, adapt_minimum, adapt_maximum) as on:
             for hour in todo:
                 states[layout.hour_label(hour)] = score_fleet(
-                    store=target.url, hour=layout.hour_label(hour), cluster="address", address=shared,
-                    granularity=granularity, return_state=True)
+                    store=target.url, hour=layout.hour_label(hour), granularity=granularity, return_state=True, **on)
     failed = sorted(label for label, state in states.items() if not state.is_completed())
     if failed:
         raise BackfillFailed(f"hours {', '.join(failed)} failed (see their score-fleet runs); "

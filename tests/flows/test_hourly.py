@@ -30,6 +30,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Scheduled
 
 from flows import cli
+from flows.backfill import hours_to_score
 from flows.deploy import DEFAULT_CRON, HOURLY
 from flows.score import score_fleet
 from flows.train import train_fleet
@@ -185,8 +186,9 @@ def test_backfill_over_3_hours_commits_3_hours_on_one_cluster(triggered, fleet, 
     hourly = client.read_flow_runs(flow_run_filter=FlowRunFilter(
         parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
     assert sorted(r.name for r in hourly) == [f"score-{layout.hour_label(h)}" for h in train_hours]
-    assert cli.main([*args]) == 0
+    assert cli.main(args) == 0
     assert json.loads(capsys.readouterr().out)["scored"] == []
+    assert hours_to_score.fn(store, hours, force=True) == hours  # --force rescores committed hours
 
 
 def test_a_run_expecting_other_models_fails_before_scoring(fleet, scored_hour):
