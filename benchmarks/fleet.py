@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
+from joblib.externals.loky import get_reusable_executor
 
 from cluster.config import setting
 from scoring import layout, models, telemetry
@@ -117,6 +118,7 @@ def prepare(root: Path, size: FleetSize, jobs: int) -> Store:
     published = Parallel(n_jobs=jobs)(
         delayed(_train_shard)(store, size, i, first, count) for i, (first, count) in enumerate(shards)
     )
+    get_reusable_executor().shutdown(wait=True)  # else the joblib row would reuse, and not count, these workers
     models.write_manifest(store, "device", layout.span([TRAIN_HOUR]),
                           {k: v for entries, _ in published for k, v in entries.items()},
                           {k: v for _, pack in published for k, v in pack.items()})

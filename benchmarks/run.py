@@ -39,9 +39,12 @@ def measure(name: str, func: Callable[[], Outcome]) -> dict[str, Any]:
     print(f"... {name}", flush=True)
     with PeakMemory() as memory:
         outcome = func()
-    return {"name": name, **asdict(outcome), "devices_per_s": outcome.devices / outcome.seconds,
-            "driver_mb": memory.driver_mb, "worker_mb": memory.worker_mb,
-            "workers_total_mb": memory.workers_total_mb}
+    row = {"name": name, **asdict(outcome), "devices_per_s": outcome.devices / outcome.seconds,
+           "driver_mb": memory.driver_mb, "worker_mb": memory.worker_mb,
+           "workers_total_mb": memory.workers_total_mb}
+    print(f"    {outcome.seconds:.2f}s, {row['devices_per_s']:.0f} devices/s, driver {memory.driver_mb:.0f} MB, "
+          f"worker {memory.worker_mb:.0f} MB", flush=True)  # a long run shows its figures as it goes
+    return row
 
 
 def _bench(store, workers: int) -> Bench:
