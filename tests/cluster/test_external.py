@@ -8,20 +8,20 @@ from datetime import timedelta
 
 import pytest
 
+from cluster.azure import REQUIRED
 from cluster.clusters import open_cluster
 from cluster.config import setting
 from cluster.sweep import find_leftovers, management_clients
 
 pytestmark = pytest.mark.external
 
-SETTINGS = ("subscription-id", "location", "resource-group", "vnet", "security-group")
 CREDENTIALS = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET")
 
 
 def missing() -> list[str]:
     """The variables to export before this test can create a cluster."""
     azure = setting("cluster.azure")
-    names = [f"DASK_FLEETSCORE__CLUSTER__AZURE__{k.upper().replace('-', '_')}" for k in SETTINGS if not azure.get(k)]
+    names = [f"DASK_FLEETSCORE__CLUSTER__AZURE__{k.upper().replace('-', '_')}" for k in REQUIRED if not azure.get(k)]
     return names + [name for name in CREDENTIALS if not os.environ.get(name)]
 
 
