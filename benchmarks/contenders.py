@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ class Outcome:
     anomalies: int
     seconds: float
     note: str = ""
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 def fresh_predictions(bench: Bench) -> None:
