@@ -94,6 +94,28 @@ def _rows_of(key: ModelKey, by_device: Mapping[str, slice], tag: np.ndarray) -> 
     return slice(rows.start + inner.start, rows.start + inner.stop)
 
 
+def _grid(key: ModelKey, ts: np.ndarray, tags: np.ndarray, values: np.ndarray,
+          features: Sequence[str]) -> Features | None:
+    """The usual case as a reshape: every tag at the same strictly increasing times, all finite.
+
+    Rows come sorted by tag, then time. Anything irregular returns ``None`` and
+    goes through :func:`_matrix`, which pivots and names what is wrong. A
+    per-device pivot costs about 10 ms per 100 devices; this, under 1 ms.
+    """
+    k = len(features)
+    n = len(ts) // k
+    if n == 0 or n * k != len(ts):
+        return None
+    names = sorted(features)
+    if tags[::n].tolist() != names or tags[n - 1 :: n].tolist() != names:
+        return None
+    times = ts.reshape(k, n)
+    if not (times == times[0]).all() or not (np.diff(times[0]) > np.timedelta64(0)).all():
+        return None
+    X = values.reshape(k, n).T[:, [names.index(f) for f in features]]
+    return Features(key, times[0], X) if np.isfinite(X).all() else None
+
+
 def _matrix(key: ModelKey, ts: np.ndarray, tags: np.ndarray, values: np.ndarray,
             features: Sequence[str]) -> Features:
     """Pivot one model's rows to a (timestamps x features) matrix, or raise ``ValueError``."""
@@ -142,7 +164,8 @@ def to_features(
         # A per-sensor model has one feature, whatever its tag is called.
         cols = tag[rows] if key[1] is None else np.full(rows.stop - rows.start, order[0], dtype=object)
         try:
-            features.append(_matrix(key, ts[rows], cols, value[rows], order))
+            features.append(_grid(key, ts[rows], cols, value[rows], order)
+                            or _matrix(key, ts[rows], cols, value[rows], order))
         except ValueError as exc:
             failures.append(Failure(key[0], str(exc), tag=key[1]))
     return features, failures

@@ -192,6 +192,7 @@ def restart_after_outage(azurite, marker: Path, outage: float) -> threading.Thre
     return thread
 
 
+@pytest.mark.timeout(900)  # the Azure SDK backs off for about a minute per failing call, by design
 def test_storage_killed_mid_run_never_shows_half_an_hour_and_a_rerun_matches_an_undisturbed_run(
         azurite, az_store, fleet, scored_hour, fault_table, monkeypatch, tmp_path):
     reference = fleet(Store(f"{az_store.url}-reference"))
