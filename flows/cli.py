@@ -1,4 +1,4 @@
-"""The ``fleetscore`` command: generate a synthetic fleet, train its models, score an hour."""
+"""The ``fleetscore`` command: generate a fleet, train its models, score an hour, serve it hourly, backfill, sweep Azure."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from datetime import timedelta
 
+from cluster.clusters import KINDS
 from cluster.config import setting
 from scoring import layout, telemetry
 from scoring.generate import device_ids, generate_hour
@@ -69,9 +70,13 @@ def backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cluster_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--cluster", choices=KINDS, help="cluster kind (default: fleetscore.cluster.kind)")
+
+
 def _add_run_options(sub: argparse.ArgumentParser) -> None:
     """Options of ``serve`` and ``backfill``: the cluster and the models the runs expect."""
-    sub.add_argument("--cluster", help="cluster kind: local or address (default: fleetscore.cluster.kind)")
+    _add_cluster_option(sub)
     sub.add_argument("--adapt-min", type=int, help="fewest workers (default: fleetscore.cluster.adapt)")
     sub.add_argument("--adapt-max", type=int, help="most workers (default: fleetscore.cluster.adapt)")
     sub.add_argument("--granularity", choices=["device", "sensor"],
@@ -111,11 +116,11 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument("--hours", type=int, default=2, help="hours in the window (default: %(default)s)")
     fit.add_argument("--granularity", choices=["device", "sensor"], default="device",
                      help="one model per device over its tags, or per (device, tag) (default: %(default)s)")
-    fit.add_argument("--cluster", help="cluster kind: local or address (default: fleetscore.cluster.kind)")
+    _add_cluster_option(fit)
 
     run = command("score", score, "score one hour with the score-fleet flow and commit its predictions")
     run.add_argument("--hour", help="hour to score, YYYY-MM-DDTHH UTC (default: the last full hour)")
-    run.add_argument("--cluster", help="cluster kind: local or address (default: fleetscore.cluster.kind)")
+    _add_cluster_option(run)
 
     hourly = command("serve", serve, "serve score-fleet every hour and backfill-fleet on demand, until Ctrl-C")
     hourly.add_argument("--cron", help="when hourly runs start, a cron line in UTC; each run scores "
