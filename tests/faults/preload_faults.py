@@ -4,12 +4,15 @@
 exits at once (once per run, tracked by a marker file), as a VM that dies would.
 ``FLEETSCORE_FAULT=kill-storage``: when the first ``score_batch`` finishes, the
 worker kills the process ``FLEETSCORE_FAULT_PID`` (Azurite): storage goes away mid-run.
+``FLEETSCORE_FAULT=stall``: every ``score_batch`` waits a minute before it starts, and
+the worker writes its pid to the marker first, so a test can cancel the run mid-batch.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -33,6 +36,10 @@ class InjectFault(WorkerPlugin):
             os._exit(1)
         if self.fault == "kill-storage" and finish == "memory" and self._first():
             os.kill(self.pid, signal.SIGKILL)
+        if self.fault == "stall" and finish == "executing":
+            with self.marker.open("a") as pids:
+                pids.write(f"{os.getpid()}\n")
+            time.sleep(60)
 
 
 async def dask_setup(worker) -> None:

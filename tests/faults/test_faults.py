@@ -7,6 +7,9 @@ row to the table printed at the end (`make faults`).
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -15,10 +18,15 @@ import cloudpickle
 import dask.config
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from prefect.flows import load_flow_from_entrypoint
+from prefect.runner import Runner
+from prefect.states import Cancelling
 
+import flows.score
 from cluster.config import setting
 from flows.report import TooManyFailures
 from flows.score import score_fleet
@@ -74,7 +82,7 @@ def replace_model(store: Store, device: str, model) -> None:
     store.write(entry["file"], data)
     entry["sha256"] = sha256(data)
     entry.pop("pack")
-    store.write(layout.MANIFEST, __import__("json").dumps(manifest).encode())
+    store.write(layout.MANIFEST, json.dumps(manifest).encode())
 
 
 BAD_INPUTS = {
@@ -242,3 +250,58 @@ def test_no_secret_reaches_logs_artifacts_errors_or_pickled_tasks(azurite, az_st
     fault_table.append(("secrets", f"connection string with AccountKey; {len(logs)} log lines, "
                         f"{len(artifacts)} artifacts, errors, {len(pickled)} pickled tasks",
                         "0 occurrences of the key", 0, 0))
+
+
+async def serve_and_cancel(store: Store, hour, marker: Path):
+    """Serve score-fleet with a Runner (a fresh flow process, as a deployment), cancel it mid-batch."""
+    runner = Runner(name="fault-cancel", query_seconds=1)
+    flow = load_flow_from_entrypoint(f"{Path(flows.score.__file__)}:score_fleet")
+    deployment_id = await runner.aadd_flow(flow, name="fault-cancel")
+    serving = asyncio.create_task(runner.start(webserver=False))
+    async with get_client() as client:
+        run = await client.create_flow_run_from_deployment(
+            deployment_id, parameters={"store": store.url, "hour": layout.hour_label(hour)})
+        await wait_until(lambda: marker.exists() and marker.read_text(), 180, "a batch to start")
+        await client.set_flow_run_state(run.id, Cancelling(), force=True)
+        state = await wait_until_async(lambda: client.read_flow_run(run.id), 90, "the cancellation")
+    await runner.astop()
+    await asyncio.wait_for(serving, 30)
+    return state
+
+
+async def wait_until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.5)
+    return found
+
+
+async def wait_until_async(read_run, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (state := (await read_run()).state).is_final():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.5)
+    return state
+
+
+def test_a_cancelled_run_closes_its_cluster_and_commits_nothing(tmp_path, fleet, scored_hour, fault_table,
+                                                                monkeypatch):
+    store = fleet(Store(tmp_path / "store"))
+    marker = tmp_path / "stalled-workers"
+    monkeypatch.setenv("FLEETSCORE_FAULT", "stall")
+    monkeypatch.setenv("FLEETSCORE_FAULT_MARKER", str(marker))
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PRELOAD", json.dumps([PRELOAD]))
+    sigterm = signal.getsignal(signal.SIGTERM)  # Runner.start installs its own
+    try:
+        state = asyncio.run(serve_and_cancel(store, scored_hour, marker))
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert state.is_cancelled(), state
+    workers = [int(p) for p in marker.read_text().split()]
+    gone, alive = psutil.wait_procs([psutil.Process(p) for p in workers if psutil.pid_exists(p)], timeout=15)
+    assert alive == [], "workers outlived the cancelled run"
+    assert predictions.committed(store, scored_hour) is None
+    assert store.list(layout.predictions_dir(scored_hour)) == []
+    fault_table.append(("cancelled run", "Prefect cancellation while batches run",
+                        "run Cancelled, worker processes gone, nothing written or committed", "-", "-"))
