@@ -3,7 +3,9 @@
 ``FLEETSCORE_FAULT=kill-worker``: the first worker to start a ``score_batch`` task
 exits at once (once per run, tracked by a marker file), as a VM that dies would.
 ``FLEETSCORE_FAULT=kill-storage``: when the first ``score_batch`` finishes, the
-worker kills the process ``FLEETSCORE_FAULT_PID`` (Azurite): storage goes away mid-run.
+worker stops the process ``FLEETSCORE_FAULT_PID`` (Azurite) with SIGTERM: storage goes
+away mid-run. Not SIGKILL: Azurite saves its blob index every few seconds, so a kill
+also loses writes it had acknowledged, which real Blob storage does not.
 ``FLEETSCORE_FAULT=stall``: every ``score_batch`` waits a minute before it starts, and
 the worker writes its pid to the marker first, so a test can cancel the run mid-batch.
 """
@@ -35,7 +37,7 @@ class InjectFault(WorkerPlugin):
         if self.fault == "kill-worker" and finish == "executing" and self._first():
             os._exit(1)
         if self.fault == "kill-storage" and finish == "memory" and self._first():
-            os.kill(self.pid, signal.SIGKILL)
+            os.kill(self.pid, signal.SIGTERM)
         if self.fault == "stall" and finish == "executing":
             with self.marker.open("a") as pids:
                 pids.write(f"{os.getpid()}\n")

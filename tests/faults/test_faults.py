@@ -223,7 +223,7 @@ def test_storage_killed_mid_run_never_shows_half_an_hour_and_a_rerun_matches_an_
     assert files(store, scored_hour) == files(reference, scored_hour)
     lost, dupes = accounting(store, scored_hour, set(device_ids(DEVICES)))
     assert (lost, dupes) == (0, 0)
-    fault_table.append(("storage killed", f"Azurite SIGKILLed after the first batch, back {OUTAGE_SECONDS}s later",
+    fault_table.append(("storage killed", f"Azurite stopped (SIGTERM) after the first batch, back {OUTAGE_SECONDS}s later",
                         f"{outcome}; rerun = undisturbed files", lost, dupes))
 
 
