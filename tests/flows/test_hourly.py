@@ -162,8 +162,13 @@ def test_the_run_shows_summary_table_and_picture(triggered, client, fleet, score
 
 
 def test_progress_is_logged_per_batch_from_the_flow_process(triggered, client):
-    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[triggered.id])))
-    messages = [entry.message for entry in logs]
+    deadline = time.monotonic() + 30  # the served process ships its logs in the background
+    while True:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[triggered.id])))
+        messages = [entry.message for entry in logs]
+        if any(m.startswith("batch 2/2 done") for m in messages) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert any(m.startswith("batch 1/2 done") for m in messages), messages
     assert any(m.startswith("batch 2/2 done") for m in messages), messages
 
