@@ -13,7 +13,8 @@ from cluster.config import setting
 from cluster.hooks import delete_run_cluster
 from flows.dispatch import run_batches
 from scoring import layout, models, telemetry
-from scoring.batch import TrainResult, train_batch, valid_devices
+from scoring.batch import valid_devices
+from scoring.training import TrainResult, train_batch
 from scoring.features import GRANULARITIES
 from scoring.records import Failure
 from scoring.store import Store

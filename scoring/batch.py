@@ -19,9 +19,9 @@ import pandas as pd
 from scoring import layout
 from scoring import models as model_io
 from scoring import predictions, telemetry
-from scoring.features import infer_specs, to_features
+from scoring.features import to_features
 from scoring.models import Manifest
-from scoring.predict import fit_model, predict, predictions_frame
+from scoring.predict import predict, predictions_frame
 from scoring.layout import check_id
 from scoring.records import Failure, key_name, parse_key
 from scoring.store import Store
@@ -122,29 +122,3 @@ def _stats(frame: pd.DataFrame) -> pd.DataFrame:
     grouped = frame.groupby(["device", "tag"], dropna=False, sort=True)
     return grouped.agg(rows=("score", "size"), anomalies=("anomaly", "sum"),
                        min_score=("score", "min")).reset_index()
-
-
-@dataclass
-class TrainResult:
-    """A trained shard: its manifest entries and pack, and the devices that could not be fitted."""
-
-    entries: dict
-    packs: dict
-    failures: list[Failure]
-
-
-def train_batch(store: Store, hours: Sequence[datetime], devices: Sequence[str], shard: int,
-                granularity: str, nu: float, gamma: float | str) -> TrainResult:
-    """Fit one model per device (or sensor) of the shard on the window's telemetry."""
-    window = pd.concat([telemetry.read_hour(store, h, devices) for h in hours], ignore_index=True)
-    specs = infer_specs(window, granularity)
-    features, failures = to_features(window, specs)
-    fitted = {}
-    for f in features:
-        try:
-            fitted[f.key] = fit_model(f.X, nu=nu, gamma=gamma)
-        except ValueError as exc:
-            failures.append(Failure(f.key[0], str(exc), tag=f.key[1]))
-    window_span = layout.span(list(hours))
-    entries, pack = model_io.publish_pack(store, shard, fitted, specs, window_span) if fitted else ({}, {})
-    return TrainResult(entries, pack, failures)

@@ -31,7 +31,8 @@ from cluster.config import setting
 from flows.report import TooManyFailures
 from flows.score import score_fleet
 from scoring import layout, models, predictions, telemetry
-from scoring.batch import plan, score_batch, train_batch
+from scoring.batch import plan, score_batch
+from scoring.training import train_batch
 from scoring.generate import device_ids
 from scoring.predict import fit_model
 from scoring.store import Store, sha256

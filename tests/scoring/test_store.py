@@ -5,7 +5,7 @@ import pickle
 import cloudpickle
 import pytest
 
-from scoring import batch, layout
+from scoring import batch, layout, training
 from scoring.store import Store
 
 
@@ -35,7 +35,7 @@ def test_the_adlfs_filesystem_itself_pickles(az_store):
     assert fs.cat_file(az_store.path("probe.txt")) == b"ok"
 
 
-@pytest.mark.parametrize("func", [batch.score_batch, batch.train_batch])
+@pytest.mark.parametrize("func", [batch.score_batch, training.train_batch])
 def test_every_callable_sent_to_workers_round_trips(func, az_store, azurite):
     hour = layout.parse_hour("2026-11-27T10")
     sent = cloudpickle.dumps((func, az_store, hour, {"models": {}, "packs": {}}))
