@@ -5,24 +5,37 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from datetime import timedelta
 
 from cluster.clusters import KINDS
 from cluster.config import setting
 from scoring import layout, telemetry
 from scoring.generate import device_ids, generate_hour
+from scoring.realistic import DUPLICATES, JITTER_SECONDS, LATE, LOSS, Delivery, realistic_hour
 from scoring.store import Store, parquet_bytes
+
+
+DELIVERY_FLAGS = tuple(f.name for f in fields(Delivery))
+"""``generate`` options that only ``--realistic`` telemetry has."""
 
 
 def generate(args: argparse.Namespace) -> int:
     """Write ``--hours`` hours of synthetic telemetry ending at ``--end``, and their anomalies."""
+    delivery = {k: getattr(args, k) for k in DELIVERY_FLAGS if getattr(args, k) is not None}
+    if delivery and not args.realistic:
+        raise SystemExit(f"fleetscore generate: --{', --'.join(delivery)} only apply with --realistic")
     store = Store(args.store)
     store.create()
     end = layout.parse_hour(args.end) if args.end else layout.last_full_hour()
     hours = layout.hour_range(end - timedelta(hours=args.hours - 1), end)
     devices = device_ids(args.devices)
     for hour in hours:
-        frame, anomalies = generate_hour(devices, hour, seed=args.seed, anomaly_rate=args.anomaly_rate)
+        if args.realistic:
+            frame, anomalies = realistic_hour(devices, hour, seed=args.seed, anomaly_rate=args.anomaly_rate,
+                                              **delivery)
+        else:
+            frame, anomalies = generate_hour(devices, hour, seed=args.seed, anomaly_rate=args.anomaly_rate)
         telemetry.write_hour(store, hour, frame)
         store.write(layout.anomalies_file(hour), parquet_bytes(anomalies))
         print(f"{layout.hour_label(hour)}: {len(frame):,} rows, {len(anomalies)} injected anomalies")
@@ -109,6 +122,16 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     gen.add_argument("--anomaly-rate", type=float, default=0.05,
                      help="share of devices with an anomaly burst per hour (default: %(default)s)")
+    gen.add_argument("--realistic", action="store_true",
+                     help="telemetry as real fleets send it: tags stamped apart around the grid, lost, duplicated "
+                     "and late readings, smooth correlated signals with a daily drift, 1-5 minute anomalies")
+    gen.add_argument("--jitter", type=float, help="with --realistic: largest offset of a reading from its grid "
+                     f"time, seconds (default: {JITTER_SECONDS})")
+    gen.add_argument("--loss", type=float, help=f"with --realistic: share of readings lost (default: {LOSS})")
+    gen.add_argument("--duplicates", type=float,
+                     help=f"with --realistic: share of readings delivered twice (default: {DUPLICATES})")
+    gen.add_argument("--late", type=float, help="with --realistic: share of readings that arrive in the next "
+                     f"hour's file (default: {LATE})")
 
     fit = command("train", train, "fit and publish one model per device (or sensor) on a window of hours")
     fit.add_argument("--end", help="last hour of the window, YYYY-MM-DDTHH UTC "
