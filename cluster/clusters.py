@@ -16,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from distributed import Client, SpecCluster
+from distributed.comm import parse_address, parse_host_port
 from distributed.core import rpc
 from distributed.security import Security
 
@@ -23,6 +24,53 @@ from cluster.bounded import BoundedLocalCluster
 from cluster.config import setting, snake
 
 KINDS = ("local", "azure", "address")
+
+# Schedulers that open_cluster started in this process and has not closed yet: joining one
+# by address (backfill's subflows do) needs no allowlist entry, it is this process's own.
+_OPENED: set[str] = set()
+
+
+def _matches(entry: str, host: str, port: int) -> bool:
+    """Whether an allowlist entry (``host``, ``host:port``, with or without ``scheme://``) names host:port."""
+    location = parse_address(entry)[1]
+    try:
+        return parse_host_port(location) == (host, port)
+    except ValueError:  # no port: any port of that host
+        return location.strip("[]") == host
+
+
+def check_address(address: str) -> None:
+    """Refuse a scheduler address this process may not trust, before anything connects to it.
+
+    A Dask client unpickles what the scheduler sends, so the scheduler must be one
+    we chose: the configured ``fleetscore.cluster.address``, one listed in
+    ``allowed-addresses`` or one this process opened. And it must prove who it is:
+    ``tls://`` with our TLS settings, unless its host is in ``plain-tcp-hosts``.
+
+    Raises:
+        ValueError: saying which setting admits the address, if it should be.
+    """
+    if address in _OPENED:
+        return
+    scheme, location = parse_address(address)
+    host, port = parse_host_port(location)
+    allowed = [a for a in (setting("cluster.address"), *setting("cluster.allowed-addresses")) if a]
+    if not any(_matches(entry, host, port) for entry in allowed):
+        raise ValueError(f"scheduler address {address} is not allowed: add {host}:{port} to "
+                         "fleetscore.cluster.allowed-addresses (or set fleetscore.cluster.address) if you trust it")
+    if scheme == "tcp":
+        if host not in setting("cluster.plain-tcp-hosts"):
+            raise ValueError(f"scheduler address {address} is unencrypted tcp://: use tls://, or add {host} to "
+                             "fleetscore.cluster.plain-tcp-hosts if the network to it is trusted")
+    elif scheme == "tls":
+        security = Security()
+        if not (security.tls_ca_file and security.tls_client_cert):
+            raise ValueError(f"scheduler address {address} is tls:// but no TLS settings are configured: set "
+                             "distributed.comm.tls.ca-file and distributed.comm.tls.client.cert/.key "
+                             "(e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=/path/ca.pem)")
+    else:
+        raise ValueError(f"scheduler address {address} uses {scheme}://: fleetscore joins tls:// (or tcp:// "
+                         "for a host in fleetscore.cluster.plain-tcp-hosts) schedulers only")
 
 
 def _adapt_bounds(adapt: dict[str, int] | None) -> dict[str, int] | None:
@@ -84,7 +132,7 @@ def open_cluster(
 
     Args:
         kind: ``local``, ``azure`` or ``address``; default ``fleetscore.cluster.kind``.
-        address: scheduler address for ``kind="address"``.
+        address: scheduler address for ``kind="address"``; it must pass ``check_address``.
         adapt: ``{"minimum": m, "maximum": n}`` workers; default ``fleetscore.cluster.adapt``.
         start_timeout: seconds until the scheduler and a first worker must be up, else
             ``TimeoutError``; default ``fleetscore.cluster.start-timeout`` (for azure,
@@ -93,7 +141,7 @@ def open_cluster(
             keywords for local, settings such as ``vm_size`` for azure).
 
     Raises:
-        ValueError: impossible settings, before anything is started.
+        ValueError: impossible settings, or a scheduler address not to be trusted, before anything is started.
         TimeoutError: the scheduler or the first worker did not come up in time.
     """
     kind = setting("cluster.kind", kind)
@@ -102,6 +150,8 @@ def open_cluster(
     address = setting("cluster.address", address)
     if kind == "address" and not address:
         raise ValueError("cluster kind 'address' needs a scheduler address: set fleetscore.cluster.address")
+    if kind == "address":
+        check_address(address)
     bounds = _adapt_bounds(setting("cluster.adapt", adapt))
     if kind == "azure":
         cluster_options = _checked_azure_settings(cluster_options)
@@ -115,6 +165,8 @@ def open_cluster(
             client = stack.enter_context(Client(address, timeout=timeout))
         else:
             cluster, size = _start_cluster(kind, cluster_options, timeout, stack)
+            _OPENED.add(cluster.scheduler_address)
+            stack.callback(_OPENED.discard, cluster.scheduler_address)
             client = stack.enter_context(Client(cluster, timeout=timeout))
             _scale(cluster, size, bounds)
         _check_ready(client, kind, timeout, max(deadline - time.monotonic(), 1.0))

@@ -12,8 +12,8 @@ from typing import Any
 import dask.config
 import yaml
 
-_DEFAULTS = yaml.safe_load((Path(__file__).with_name("fleetscore.yaml")).read_text())
-dask.config.update_defaults(_DEFAULTS)
+DEFAULTS = yaml.safe_load((Path(__file__).with_name("fleetscore.yaml")).read_text())
+dask.config.update_defaults(DEFAULTS)
 
 
 def setting(key: str, override: Any = None) -> Any:

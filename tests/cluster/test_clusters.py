@@ -4,10 +4,19 @@ import socket
 import threading
 import time
 
+import dask.config
+import psutil
 import pytest
-from distributed import Client
+from distributed import Client, LocalCluster
+from distributed.security import Security
 
+from cluster import clusters
 from cluster.clusters import open_cluster
+from cluster.config import DEFAULTS
+
+# Plain TCP schedulers on this machine, for the tests that join one by address.
+LOOPBACK_TRUSTED = {"fleetscore.cluster.allowed-addresses": ["127.0.0.1"],
+                    "fleetscore.cluster.plain-tcp-hosts": ["127.0.0.1"]}
 
 # A scheduler preload (the text of a module) whose setup never returns: a scheduler that never comes up.
 NEVER_STARTS = "import asyncio\nasync def dask_setup(scheduler):\n    await asyncio.sleep(3600)\n"
@@ -50,7 +59,7 @@ def test_a_scheduler_that_never_answers_times_out_with_a_clear_error():
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # accepts connections, never speaks Dask
     try:
-        with pytest.raises(TimeoutError, match="no Dask scheduler answered .* within 2s"):
+        with dask.config.set(LOOPBACK_TRUSTED), pytest.raises(TimeoutError, match="no Dask scheduler answered .* within 2s"):
             with open_cluster("address", address=f"tcp://127.0.0.1:{silent.getsockname()[1]}", start_timeout=2):
                 pass
     finally:
@@ -58,9 +67,7 @@ def test_a_scheduler_that_never_answers_times_out_with_a_clear_error():
 
 
 def test_an_existing_scheduler_is_used_and_left_running():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, dashboard_address=None) as existing:
+    with LocalCluster(n_workers=1, dashboard_address=None) as existing, dask.config.set(LOOPBACK_TRUSTED):
         with open_cluster("address", address=existing.scheduler_address) as client:
             assert client.submit(sum, [2, 2]).result() == 4
         with Client(existing) as again:
@@ -85,3 +92,86 @@ def test_workers_that_never_join_are_a_timeout_and_the_cluster_is_closed():
     with pytest.raises(TimeoutError, match="no Dask worker joined the local cluster"):
         with open_cluster("local", adapt={"minimum": 0, "maximum": 1}, n_workers=0, start_timeout=2):
             pytest.fail("no worker can have joined")
+
+
+@pytest.mark.parametrize(
+    "address, trusted, message",
+    [
+        ("tls://203.0.113.9:8786", {}, r"203.0.113.9:8786 is not allowed: add .*allowed-addresses"),
+        ("tls://203.0.113.9:8786", {"fleetscore.cluster.allowed-addresses": ["203.0.113.9:1"]}, "not allowed"),
+        ("tcp://203.0.113.9:8786", {"fleetscore.cluster.allowed-addresses": ["203.0.113.9"]},
+         "unencrypted tcp://: use tls://, or add 203.0.113.9 to fleetscore.cluster.plain-tcp-hosts"),
+        ("203.0.113.9:8786", {"fleetscore.cluster.address": "tcp://203.0.113.9:8786"}, "unencrypted tcp://"),
+        ("tls://203.0.113.9:8786", {"fleetscore.cluster.allowed-addresses": ["203.0.113.9"]},
+         "no TLS settings are configured: set distributed.comm.tls.ca-file"),
+        ("ws://203.0.113.9:8786", {"fleetscore.cluster.allowed-addresses": ["203.0.113.9"]}, "uses ws://"),
+    ],
+)
+def test_untrusted_scheduler_addresses_are_refused_before_any_connection(address, trusted, message, monkeypatch):
+    # 203.0.113.0/24 is reserved for documentation; should a check let it through, the first
+    # connection (open_cluster's probe) fails the test instead of leaving this machine.
+    monkeypatch.setattr(clusters, "_check_answers", lambda *a: pytest.fail("no connection may be tried"))
+    with dask.config.set(trusted), pytest.raises(ValueError, match=message):
+        with open_cluster("address", address=address):
+            pytest.fail("nothing may be joined")
+
+
+def test_a_tls_scheduler_in_the_allowlist_is_joined_with_the_configured_certificates():
+    security = Security.temporary()
+    with LocalCluster(n_workers=1, protocol="tls", security=security, dashboard_address=None) as existing:
+        with dask.config.set({"distributed.comm.tls.ca-file": security.tls_ca_file,
+                              "distributed.comm.tls.client.cert": security.tls_client_cert,
+                              "distributed.comm.tls.client.key": security.tls_client_key,
+                              "fleetscore.cluster.allowed-addresses": [existing.scheduler_address]}):
+            assert existing.scheduler_address.startswith("tls://127.0.0.1:")
+            with open_cluster("address", address=existing.scheduler_address) as client:
+                assert client.submit(sum, [3, 3]).result() == 6
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_a_scheduler_this_process_opened_is_joined_without_an_allowlist_entry():
+    # What backfill does: its subflows join the local cluster it opened, by address.
+    with open_cluster("local") as outer:
+        address = outer.scheduler.address
+        with open_cluster("address", address=address) as inner:
+            assert inner.submit(sum, [1, 1]).result() == 2
+    with pytest.raises(ValueError, match="is not allowed"):  # once closed, the address is a stranger's
+        with open_cluster("address", address=address):
+            pass
+
+
+def non_loopback_ipv4() -> str | None:
+    """An IPv4 address of this machine other than loopback, if it has one."""
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return address.address
+    return None
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_the_local_scheduler_workers_and_dashboard_are_not_reachable_from_the_network():
+    outside = non_loopback_ipv4()
+    if outside is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to try the listeners from")
+    with socket.socket() as control:  # a listener on every interface is reachable there: the probe works
+        control.bind(("0.0.0.0", 0))
+        control.listen()
+        assert reachable(outside, control.getsockname()[1])
+    packaged = DEFAULTS["fleetscore"]["cluster"]["local"]["dashboard-address"]
+    with dask.config.set({"fleetscore.cluster.local.dashboard-address": packaged}):  # tests turn it off
+        with open_cluster("local") as client:
+            listeners = [client.scheduler.address, *client.scheduler_info()["workers"]]
+            dashboard = client.cluster.scheduler.http_server.port
+            ports = [int(a.rsplit(":", 1)[1]) for a in listeners] + [dashboard]
+            assert len(ports) == 4  # scheduler, two workers, dashboard
+            assert all(reachable("127.0.0.1", port) for port in ports)
+            assert [port for port in ports if reachable(outside, port)] == []
