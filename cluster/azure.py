@@ -246,6 +246,21 @@ def cluster_keywords(settings: Mapping[str, Any], env: Mapping[str, str]) -> dic
     return keywords
 
 
+def rendered_cloud_init(settings: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> str:
+    """The cloud-init a VM of these checked settings gets when the flow runs with ``environ``.
+
+    It is what root on any VM can read, so it can be reviewed (and is, by the fault
+    suite's secrets case) before a first run. Rendered offline by dask-cloudprovider's
+    public ``get_cloud_init``, which builds the cluster object (that needs a running
+    event loop, hence ``asyncio.run``) and creates nothing on Azure.
+    """
+    async def render() -> str:
+        return AzureVMCluster.get_cloud_init(**cluster_keywords(settings, vm_env(settings, environ)))
+
+    with restored_dask_config():
+        return asyncio.run(render())
+
+
 @contextmanager
 def restored_dask_config() -> Iterator[None]:
     """Undo what ``VMCluster`` writes into the global ``dask.config`` (TLS required, the VM image).

@@ -101,6 +101,14 @@ def inherited_config(command: str) -> dict:
     return dask.config.deserialize(encoded)
 
 
+def test_the_rendered_cloud_init_of_the_defaults_holds_the_login_and_no_key():
+    init = yaml.safe_load(azure.rendered_cloud_init(settings(), FLOW_ENV))
+    assert env_names(docker_line(init)) == ["AZURE_STORAGE_ACCOUNT_NAME"]
+    assert SECRET not in json.dumps(init)
+    assert_registry_login_before_the_container(init)
+    assert not dask.config.get("distributed.comm.require-encryption", False)
+
+
 def env_names(docker_run: str) -> list[str]:
     """The names of the variables a ``docker run`` line sets (``-e NAME="value"``)."""
     return re.findall(r' -e (\w+)=', docker_run)
