@@ -8,7 +8,6 @@ at all: models in memory, matrices ready.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,17 +15,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from joblib import Parallel, delayed
 
-from scoring import fastpath, layout, telemetry
+from flows import rules
+from scoring import layout, telemetry
+from scoring.align import Grid
 from scoring.batch import plan, score_batch
+from scoring.model_format import ModelPolicy, decode
 from scoring.models import Manifest, manifest_slice
 from scoring.predict import predict
 from scoring.store import Store, parquet_bytes
+
+
+BENCH_MIN_COVERAGE = 0.0
+"""Fleets of ``--per-device-sample``-sized hours send fewer rows than the 5 s grid holds: score them all."""
 
 
 @dataclass
@@ -38,6 +43,11 @@ class Bench:
     manifest: Manifest
     workers: int
     scratch: Path
+
+    @property
+    def grid(self) -> Grid:
+        """The hour's grid; a bench fleet may send fewer rows than the grid holds, so no coverage floor."""
+        return rules.grid([self.hour], min_coverage=BENCH_MIN_COVERAGE)
 
 
 @dataclass
@@ -85,7 +95,7 @@ def sklearn_floor(bench: Bench, models: Sequence[Any], matrices: Sequence[np.nda
 
 def fastpath_floor(bench: Bench, models: Sequence[Any], matrices: Sequence[np.ndarray]) -> Outcome:
     """The fast path (compiling each model included, as a batch does once per hour)."""
-    return _floor(bench, models, matrices, lambda m, X: fastpath.score(m, X)[0])
+    return _floor(bench, models, matrices, lambda m, X: predict(m, X)[0])
 
 
 def pivot_and_score(model: Any, rows: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
@@ -98,7 +108,7 @@ def pivot_and_score(model: Any, rows: pd.DataFrame, features: Sequence[str]) -> 
 
 def model_file(store: Store, entry: dict[str, Any]) -> Any:
     """One model from its own file, as the original sample loaded it."""
-    return joblib.load(io.BytesIO(store.read(entry["file"])))
+    return decode(entry["format"], store.read(entry["file"]), ModelPolicy())
 
 
 def _outcome(frame: pd.DataFrame, seconds: float, note: str = "") -> Outcome:
@@ -131,7 +141,9 @@ def joblib_batches(bench: Bench) -> Outcome:
     fresh_predictions(bench)
     slices = [manifest_slice(bench.manifest, names) for names in plan(bench.manifest)]
     pool = Parallel(n_jobs=bench.workers)
-    results, seconds = timed(lambda: pool(delayed(score_batch)(bench.store, bench.hour, s) for s in slices))
+    files, rule = telemetry.scan_hour(bench.store, bench.hour).paths, rules.alert_rule()
+    results, seconds = timed(lambda: pool(delayed(score_batch)(bench.store, bench.grid, s, files, rule)
+                                          for s in slices))
     return Outcome(sum(r.scored for r in results), sum(r.rows for r in results),
                    sum(r.anomalies for r in results), seconds, f"{len(slices)} batches")
 

@@ -18,8 +18,9 @@ from unittest import mock
 import dask.config
 
 import flows.score
-from benchmarks.contenders import Bench, Outcome, fresh_predictions, timed
+from benchmarks.contenders import BENCH_MIN_COVERAGE, Bench, Outcome, fresh_predictions, timed
 from cluster.clusters import open_cluster
+from flows import rules
 from scoring import layout, models, predictions, telemetry
 from scoring.batch import plan, score_batch, unmodelled
 
@@ -75,11 +76,12 @@ def flow_run(bench: Bench) -> tuple[Outcome, Phases]:
 
     with cluster_of(bench.workers), mock.patch.object(flows.score, "open_cluster", timed_cluster):
         started = time.perf_counter()
-        summary = flows.score.score_fleet(store=bench.store.url, hour=layout.hour_label(bench.hour))
+        summary = flows.score.score_fleet(store=bench.store.url, hour=layout.hour_label(bench.hour),
+                                          min_coverage=BENCH_MIN_COVERAGE)
         ended = time.perf_counter()
     phases = Phases(ended - started, marks["open"] - started, marks["ready"] - marks["open"],
                     marks["leave"] - marks["ready"], marks["closed"] - marks["leave"], ended - marks["closed"])
-    outcome = Outcome(summary["devices_scored"], summary["rows"], summary["anomalies"], phases.total,
+    outcome = Outcome(summary["devices_scored"], summary["rows"], summary["anomalous_rows"], phases.total,
                       f"cluster start {phases.cluster_start:.1f}s + teardown {phases.teardown:.1f}s included")
     return outcome, phases
 
@@ -90,11 +92,11 @@ def without_prefect(bench: Bench) -> Outcome:
     parts: dict[str, float] = {}
     with cluster_of(bench.workers), open_cluster() as client:
         def run() -> dict[str, Any]:
-            (manifest, devices), parts["read_inputs"] = timed(
-                lambda: (models.read_manifest(bench.store), telemetry.hour_devices(bench.store, bench.hour)))
-            failures = unmodelled(devices, manifest)
-            futures = [client.submit(score_batch, bench.store, bench.hour, models.manifest_slice(manifest, names),
-                                     pure=False) for names in plan(manifest)]
+            (manifest, scan), parts["read_inputs"] = timed(
+                lambda: (models.read_manifest(bench.store), telemetry.scan_hour(bench.store, bench.hour)))
+            failures = unmodelled(scan.devices, manifest)
+            futures = [client.submit(score_batch, bench.store, bench.grid, models.manifest_slice(manifest, names),
+                                     scan.paths, rules.alert_rule(), pure=False) for names in plan(manifest)]
             results = client.gather(futures)
             stats = {"models_scored": sum(r.scored for r in results), "rows": sum(r.rows for r in results),
                      "anomalies": sum(r.anomalies for r in results), "failed": len(failures)}

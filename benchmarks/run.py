@@ -57,13 +57,13 @@ def _bench(store, workers: int) -> Bench:
 def _in_memory(bench: Bench, size: FleetSize) -> tuple[list[Any], list[Any]]:
     names = sorted(bench.manifest["models"])
     loaded, _ = models.load_models(bench.store, bench.manifest, names)
-    return [loaded[n] for n in names], ready_matrices(size)
+    return [loaded[n].reference for n in names], ready_matrices(size)  # scikit-learn's pipelines, as fitted
 
 
 def contender_rows(bench: Bench, size: FleetSize, sample: int) -> list[dict[str, Any]]:
     """The floors and the alternatives; Spark only where pyspark is installed."""
     fleet, matrices = _in_memory(bench, size)
-    telemetry.hour_devices(bench.store, bench.hour)  # first Parquet read of the process pays Arrow's start-up
+    telemetry.scan_hour(bench.store, bench.hour)  # first Parquet read of the process pays Arrow's start-up
     rows = [
         measure(SKLEARN_FLOOR, lambda: contenders.sklearn_floor(bench, fleet, matrices)),
         measure("compute floor, fast path", lambda: contenders.fastpath_floor(bench, fleet, matrices)),

@@ -8,47 +8,65 @@ from typing import Any
 
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 
 from flows.picture import heatmap_svg, markdown_image, minute_shares
-from scoring import layout
-from scoring.batch import STAT_COLUMNS, BatchResult
+from scoring import alerts, layout
+from scoring.batch import BatchResult
 from scoring.records import Failure
 from scoring.store import Store
 
 TOP_DEVICES = 20
 DEVICES_PICTURED = 25
 FAILURES_SHOWN = 50
+ALERTS_NAMED = 10
+ALERT_COLUMNS = ("device", "tag", "anomalies", "longest_run", "min_score", "coverage", "rows")
 
 
 class TooManyFailures(RuntimeError):
     """More devices failed than the configured share allows; the hour is still committed."""
 
 
-def model_stats(results: Sequence[BatchResult]) -> pd.DataFrame:
-    """Per-model rows, anomalies and lowest score over all batches."""
-    frames = [r.stats for r in results if r.scored]
-    if not frames:
-        return pd.DataFrame(columns=list(STAT_COLUMNS))
-    return pd.concat(frames, ignore_index=True)
+def device_hours(results: Sequence[BatchResult]) -> pd.DataFrame:
+    """The hour's per-device-hour rows over all batches (one per model; see :mod:`scoring.alerts`)."""
+    return alerts.device_hours([row for r in results for row in r.device_hours.to_dict("records")])
+
+
+def in_alert(device_hours: pd.DataFrame) -> pd.DataFrame:
+    """Rows in alert, the most anomalous first: what an operator looks at first."""
+    rows = device_hours[device_hours["alert"]]
+    return rows.sort_values(["longest_run", "anomalies", "min_score"], ascending=[False, False, True])
+
+
+def silent(device_hours: pd.DataFrame) -> list[str]:
+    """Devices with a model and not a single reading this hour."""
+    return sorted(set(device_hours.loc[device_hours["status"] == "silent", "device"]))
 
 
 def summary(store: Store, hour: datetime, marker: dict[str, Any], failures: Sequence[Failure],
-            stats: pd.DataFrame, seconds: float, dashboard: str | None, peak_workers: int) -> dict[str, Any]:
-    """The run's outcome as plain data: returned by the flow and shown in the UI.
+            device_hours: pd.DataFrame, seconds: float, dashboard: str | None, peak_workers: int) -> dict[str, Any]:
+    """The run's outcome as plain data, devices that need a look first: returned by the flow and shown in the UI.
 
     ``peak_workers`` is the largest cluster seen during the run: an adaptive
     cluster ends smaller than it grew, and the peak is what sizing needs.
     """
-    failed_devices = {f.device for f in failures}
+    alerting = list(dict.fromkeys(in_alert(device_hours)["device"]))
+    quiet = silent(device_hours)
+    scored = device_hours[device_hours["status"] == "scored"]
     return {
         "hour": layout.hour_label(hour),
-        "predictions": store.url_of(layout.predictions_dir(hour)),
+        "devices_in_alert": len(alerting),
+        "alerts": ", ".join(alerting[:ALERTS_NAMED]) + (" ..." if len(alerting) > ALERTS_NAMED else ""),
+        "devices_silent": len(quiet),
+        "silent": ", ".join(quiet[:ALERTS_NAMED]) + (" ..." if len(quiet) > ALERTS_NAMED else ""),
+        "devices_scored": int(scored["device"].nunique()),
+        "devices_failed": len({f.device for f in failures} - set(quiet)),
+        "mean_coverage": round(float(scored["coverage"].mean()), 4) if len(scored) else 0.0,
+        "quarantined_rows": marker["quarantined_rows"],
         "models_scored": marker["models_scored"],
-        "devices_scored": int(stats["device"].nunique()),
-        "devices_failed": len(failed_devices),
         "rows": marker["rows"],
-        "anomalies": marker["anomalies"],
-        "devices_with_anomalies": int((stats.groupby("device")["anomalies"].sum() > 0).sum()),
+        "anomalous_rows": marker["anomalies"],
+        "predictions": store.url_of(layout.predictions_dir(hour)),
         "seconds": round(seconds, 2),
         "largest_cluster_workers": peak_workers,
         "dashboard": dashboard,
@@ -57,10 +75,9 @@ def summary(store: Store, hour: datetime, marker: dict[str, Any], failures: Sequ
 
 def one_line(summary: dict[str, Any]) -> str:
     return (
-        f"{summary['hour']}: {summary['devices_scored']} devices scored, "
-        f"{summary['anomalies']} anomalous rows on {summary['devices_with_anomalies']} devices, "
-        f"{summary['devices_failed']} devices failed, {summary['seconds']:.1f}s; "
-        f"predictions in {summary['predictions']}"
+        f"{summary['hour']}: {summary['devices_in_alert']} devices in alert, {summary['devices_silent']} silent, "
+        f"{summary['devices_scored']} scored (mean coverage {summary['mean_coverage']:.1%}), "
+        f"{summary['devices_failed']} failed, {summary['seconds']:.1f}s; predictions in {summary['predictions']}"
     )
 
 
@@ -71,56 +88,86 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def _markdown(summary: dict[str, Any], failures: Sequence[Failure]) -> str:
-    lines = [f"# Fleet scoring {summary['hour']} UTC", "", "| | |", "|---|---|"]
+def _markdown(summary: dict[str, Any], device_hours: pd.DataFrame, failures: Sequence[Failure]) -> str:
+    """The summary artifact: devices that need a look first, then the figures, then what failed."""
+    alerting = in_alert(device_hours)
+    lines = [f"# Fleet scoring {summary['hour']} UTC", "",
+             f"**{summary['devices_in_alert']} devices in alert, {summary['devices_silent']} silent** "
+             f"of {summary['devices_scored'] + summary['devices_failed'] + summary['devices_silent']}.", ""]
+    if len(alerting):
+        lines += [f"## In alert ({len(alerting)})", "", "| " + " | ".join(ALERT_COLUMNS) + " |",
+                  "|" + "---|" * len(ALERT_COLUMNS)]
+        lines += ["| " + " | ".join(_value(row[c]) for c in ALERT_COLUMNS) + " |"
+                  for row in alerting.head(TOP_DEVICES).to_dict("records")]
+    if summary["devices_silent"]:
+        lines += ["", f"## Silent ({summary['devices_silent']})", "", "No reading this hour: " + summary["silent"]]
+    lines += ["", "## Figures", "", "| | |", "|---|---|"]
     lines += [f"| {k.replace('_', ' ')} | {_cell(k, v)} |" for k, v in summary.items()]
     if failures:
         lines += ["", f"## Failed ({len(failures)})", "", "| device | tag | file | reason |", "|---|---|---|---|"]
-        lines += [f"| {f.device[:60]} | {f.tag or ''} | {f.file} | {f.reason[:200]} |"
-                  for f in failures[:FAILURES_SHOWN]]
+        lines += [f"| {(f.device if f.device is not None else '(file)')[:60]} | {f.tag or ''} | {f.file} | "
+                  f"{f.reason[:200]} |" for f in failures[:FAILURES_SHOWN]]
     return "\n".join(lines)
 
 
-def most_anomalous(stats: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The ``n`` models with most anomalous rows, lowest score first among equals."""
-    return stats.sort_values(["anomalies", "min_score"], ascending=[False, True]).head(n)
+def _value(value: Any) -> str:
+    """A table cell: numbers short, missing values blank."""
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def pictured_devices(stats: pd.DataFrame) -> list[str]:
-    """Devices shown in the picture: the most anomalous, each once (per-sensor models share a device)."""
-    return list(dict.fromkeys(most_anomalous(stats, len(stats))["device"]))[:DEVICES_PICTURED]
+def pictured_devices(device_hours: pd.DataFrame) -> list[str]:
+    """Devices shown in the picture: those in alert, each once (per-sensor models share a device)."""
+    return list(dict.fromkeys(in_alert(device_hours)["device"]))[:DEVICES_PICTURED]
 
 
 def anomaly_picture(hour: datetime, predictions: pd.DataFrame, devices: Sequence[str]) -> str:
     """Markdown with a heat map of anomalies per device and minute over the hour."""
     label = layout.hour_label(hour)
     svg = heatmap_svg(minute_shares(predictions, hour, devices),
-                      f"Share of anomalous rows per minute, {label} UTC, {len(devices)} most anomalous devices")
+                      f"Share of anomalous rows per minute, {label} UTC, {len(devices)} devices in alert")
     return "\n".join([f"# Anomalies per device, {label} UTC", "",
                       markdown_image(svg, f"anomalies per device and minute in {label}"), "",
                       "Red: share of the minute's rows flagged; grey: normal; blank: no data."])
 
 
-def publish(summary: dict[str, Any], stats: pd.DataFrame, failures: Sequence[Failure],
+def publish(summary: dict[str, Any], device_hours: pd.DataFrame, failures: Sequence[Failure],
             picture: str | None = None) -> None:
-    """Markdown summary, a table of the most anomalous devices and the picture, attached to the flow run."""
+    """Markdown summary, a table of the devices in alert and the picture, attached to the flow run."""
     key = f"score-{summary['hour'].lower().replace(':', '-')}"
-    create_markdown_artifact(_markdown(summary, failures), key=f"{key}-summary",
+    create_markdown_artifact(_markdown(summary, device_hours, failures), key=f"{key}-summary",
                              description=f"Fleet scoring summary for {summary['hour']}")
-    top = most_anomalous(stats, TOP_DEVICES)
-    create_table_artifact(top.astype({"tag": "object"}).where(top.notna(), None).to_dict("records"),
-                          key=f"{key}-top-devices",
-                          description=f"Most anomalous devices in {summary['hour']}")
+    top = in_alert(device_hours).head(TOP_DEVICES)[list(ALERT_COLUMNS)]
+    create_table_artifact(top.astype(object).where(top.notna(), None).to_dict("records"),
+                          key=f"{key}-devices-in-alert",
+                          description=f"Devices in alert in {summary['hour']}")
     if picture:
         create_markdown_artifact(picture, key=f"{key}-anomaly-map",
                                  description=f"Anomalies per device and minute in {summary['hour']}")
 
 
+def emit_alerts(summary: dict[str, Any], device_hours: pd.DataFrame) -> None:
+    """One Prefect event per device in alert (``fleetscore.device.alert``) and per silent device
+    (``fleetscore.device.silent``), the device as the resource, so an Automation can notify a team."""
+    for kind, rows in (("alert", in_alert(device_hours)),
+                       ("silent", device_hours[device_hours["status"] == "silent"])):
+        for device, group in rows.groupby("device", sort=True):
+            emit_event(
+                event=f"fleetscore.device.{kind}",
+                resource={"prefect.resource.id": f"fleetscore.device.{device}", "prefect.resource.name": device},
+                payload={"hour": summary["hour"], "predictions": summary["predictions"],
+                         "models": group[list(ALERT_COLUMNS)].astype(object).where(group[list(ALERT_COLUMNS)].notna(), None)
+                         .to_dict("records")},
+            )
+
+
 def enforce_failure_share(summary: dict[str, Any], max_share: float) -> None:
     """Fail the run (after committing) when too many devices failed."""
-    total = summary["devices_scored"] + summary["devices_failed"]
-    if total and summary["devices_failed"] / total > max_share:
+    lost = summary["devices_failed"] + summary["devices_silent"]
+    total = summary["devices_scored"] + lost
+    if total and lost / total > max_share:
         raise TooManyFailures(
-            f"{summary['devices_failed']} of {total} devices failed in {summary['hour']}, "
+            f"{lost} of {total} devices failed or were silent in {summary['hour']}, "
             f"more than fleetscore.scoring.max-failed-share={max_share}"
         )

@@ -8,49 +8,60 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from cluster.clusters import open_cluster
 from cluster.config import setting
 from cluster.hooks import delete_run_cluster
-from flows import report
+from flows import report, rules
 from flows.dispatch import run_batches
 from flows.hours import score_run_name, target_hour
 from flows.progress import BatchProgress
+from flows.trust import model_policy, require_signature, signing_key
 from scoring import layout, models, predictions, telemetry
 from scoring.batch import BatchResult, plan, score_batch, unmodelled
 from scoring.records import Failure
-from scoring.store import Store
+from scoring.store import Store, is_transient
+
+
+def _can_pass(task: Any, task_run: Any, state: State) -> bool:
+    """Retry only storage errors that can pass (network, throttling, an outage), never a bad file or a bug."""
+    return is_transient(state.result(raise_on_failure=False))
 
 
 STORAGE_RETRIES: dict[str, Any] = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=2),
     "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _can_pass,
 }
 """Prefect retries of a task that reads or writes the store: 2s, 4s, 8s with jitter, so that
 many runs hitting a throttled storage account do not retry in lockstep."""
 
 
 @task(**STORAGE_RETRIES)
-def read_inputs(store: Store, hour: datetime) -> tuple[models.Manifest, list[str]]:
-    """The model manifest and the devices reporting in the hour (retried: storage hiccups)."""
-    return models.read_manifest(store), telemetry.hour_devices(store, hour)
+def read_inputs(store: Store, hour: datetime, model_version: str | None) -> tuple[models.Manifest, telemetry.HourScan]:
+    """The model manifest and what the hour's folder holds (retried: storage hiccups, never bad files)."""
+    manifest = models.read_manifest(store, model_version, signing_key(), require_signature())  # before any model
+    return manifest, telemetry.scan_hour(store, hour)
 
 
 @task(**STORAGE_RETRIES)
-def commit_hour(store: Store, hour: datetime, results: list[BatchResult],
-                failures: list[Failure]) -> dict[str, Any]:
-    """Write the errors file and the commit marker: the hour becomes visible at once."""
+def commit_hour(store: Store, hour: datetime, model_version: str, results: list[BatchResult], failures: list[Failure],
+                scan: telemetry.HourScan) -> dict[str, Any]:
+    """Write the errors, quarantine and device-hour files and the commit marker: the hour becomes visible at once."""
     stats = {
+        "model_version": model_version,
         "models_scored": sum(r.scored for r in results),
         "rows": sum(r.rows for r in results),
         "anomalies": sum(r.anomalies for r in results),
         "failed": len(failures),
     }
     parts = [r.part for r in results if r.part]
-    quarantined = [telemetry.anonymous_rows(store, hour), *(r.quarantined for r in results)]
-    return predictions.commit(store, hour, parts, failures, stats, quarantined)
+    quarantined = [telemetry.anonymous_rows(store, scan.paths), *(r.quarantined for r in results)]
+    return predictions.commit(store, hour, parts, failures, stats, quarantined,
+                              report.device_hours(results), scan.files)
 
 
 @task(**STORAGE_RETRIES)
@@ -98,6 +109,10 @@ def score_fleet(
     adapt_minimum: int | None = None,
     adapt_maximum: int | None = None,
     granularity: str | None = None,
+    model_version: str | None = None,
+    step: str | None = None,
+    max_fill: int | None = None,
+    min_coverage: float | None = None,
 ) -> dict[str, Any]:
     """Score one hour (default: the last full hour) with each device's own model.
 
@@ -111,20 +126,29 @@ def score_fleet(
         adapt_minimum: fewest workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
         adapt_maximum: most workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
         granularity: ``device`` or ``sensor`` to check the published models against; default: any.
+        model_version: the model version to score with, e.g. an older one; default the live one.
+        step: the devices' time grid, e.g. ``5s``; default ``fleetscore.telemetry.step``.
+        max_fill: steps a missing tag may be filled from its previous reading; default ``fleetscore.telemetry.max-fill``.
+        min_coverage: a device with a lower share of complete steps fails; default ``fleetscore.telemetry.min-coverage``.
     """
     started = time.perf_counter()
     logger = get_run_logger()
     target = Store(setting("store", store))
     when = target_hour(hour)
-    manifest, devices = read_inputs(target, when)
+    grid = rules.grid([when], step, max_fill, min_coverage)
+    manifest, scan = read_inputs(target, when, model_version)
     check_granularity(manifest, granularity)
-    failures = unmodelled(devices, manifest)
+    failures = scan.unreadable + unmodelled(scan.devices, manifest)
+    for failure in scan.unreadable:
+        logger.warning("unreadable telemetry file, the rest of the hour is scored: %s", failure)
     batches = plan(manifest)
-    logger.info("scoring %s: %d models in %d batches, %d devices reporting",
-                layout.hour_label(when), len(manifest["models"]), len(batches), len(devices))
+    logger.info("scoring %s: %d models in %d batches, %d devices reporting in %d files",
+                layout.hour_label(when), len(manifest["models"]), len(batches), len(scan.devices), len(scan.files))
     with open_cluster(cluster, address=address, adapt=adapt_bounds(adapt_minimum, adapt_maximum)) as client:
         logger.info("Dask dashboard: %s", client.dashboard_link)
-        jobs = [(f"{layout.hour_label(when)}-{i:05d}", (target, when, models.manifest_slice(manifest, names)))
+        policy = model_policy()
+        jobs = [(f"{layout.hour_label(when)}-{i:05d}",
+                 (target, grid, models.manifest_slice(manifest, names), scan.paths, rules.alert_rule(), policy))
                 for i, names in enumerate(batches)]
         with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
             results = run_batches(client, score_batch, jobs,
@@ -132,13 +156,15 @@ def score_fleet(
                                   retries=setting("scoring.batch-retries"), on_done=progress.update)
         dashboard = client.dashboard_link
     failures += [f for r in results for f in r.failures]
-    marker = commit_hour(target, when, results, failures)
-    stats = report.model_stats(results)
-    summary = report.summary(target, when, marker, failures, stats, time.perf_counter() - started,
+    marker = commit_hour(target, when, manifest["version"], results, failures, scan)
+    device_hours = report.device_hours(results)
+    summary = report.summary(target, when, marker, failures, device_hours, time.perf_counter() - started,
                              dashboard, progress.peak_workers)
-    pictured = report.pictured_devices(stats)
+    summary["model_version"] = manifest["version"]
+    pictured = report.pictured_devices(device_hours)
     picture = report.anomaly_picture(when, read_anomalies(target, when), pictured) if pictured else None
-    report.publish(summary, stats, failures, picture)
+    report.publish(summary, device_hours, failures, picture)
+    report.emit_alerts(summary, device_hours)
     logger.info(report.one_line(summary))
     report.enforce_failure_share(summary, setting("scoring.max-failed-share", max_failed_share))
     return summary

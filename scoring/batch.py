@@ -12,42 +12,47 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import pandas as pd
 
-from scoring import layout
+from scoring import alerts, layout
 from scoring import models as model_io
 from scoring import predictions, telemetry
+from scoring.alerts import AlertRule
+from scoring.align import Grid
 from scoring.features import to_features
+from scoring.model_format import ModelPolicy
 from scoring.models import Manifest
 from scoring.predict import predict, predictions_frame
 from scoring.layout import check_id
 from scoring.records import Failure, key_name, parse_key
 from scoring.store import Store
 
-STAT_COLUMNS = ("device", "tag", "rows", "anomalies", "min_score")
-
 
 @dataclass
 class BatchResult:
-    """What a scoring batch reports back to the flow: small, whatever the batch size."""
+    """What a scoring batch reports back to the flow: small, whatever the batch size.
+
+    ``device_hours`` has one row per model of the batch (:mod:`scoring.alerts`),
+    scored or not, so the flow can say which devices need a look without
+    reading a single prediction back.
+    """
 
     names: list[str]
     part: str | None = None
     rows: int = 0
     failures: list[Failure] = field(default_factory=list)
-    stats: pd.DataFrame | None = None
+    device_hours: pd.DataFrame = field(default_factory=lambda: alerts.device_hours([]))
     quarantined: pd.DataFrame | None = None
     seconds: float = 0.0
 
     @property
     def scored(self) -> int:
-        return 0 if self.stats is None else len(self.stats)
+        return int((self.device_hours["status"] == "scored").sum())
 
     @property
     def anomalies(self) -> int:
-        return 0 if self.stats is None else int(self.stats["anomalies"].sum())
+        return int(self.device_hours["anomalies"].sum())
 
 
 def plan(manifest: Manifest) -> list[list[str]]:
@@ -74,32 +79,40 @@ def unmodelled(devices: Sequence[str], manifest: Manifest) -> list[Failure]:
     known = {e["device"] for e in manifest["models"].values()}
     valid, failures = valid_devices(devices)
     return failures + [
-        Failure(d, "no model in the manifest", layout.MANIFEST) for d in valid if d not in known
+        Failure(d, "no model in the manifest", layout.manifest_file(manifest["version"]))
+        for d in valid if d not in known
     ]
 
 
-def _read_devices(store: Store, hour: datetime, devices: list[str], names: Sequence[str],
-                  manifest: Manifest) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[Failure]]:
-    """The batch's valid rows of the hour and its quarantined rows; an unreadable file fails every model."""
+def _read_devices(store: Store, devices: list[str], files: Sequence[str],
+                  names: Sequence[str], manifest: Manifest) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[Failure]]:
+    """The batch's valid rows of the hour and its quarantined rows; a file unreadable now fails every model."""
     try:
-        return *telemetry.read_rows(store, hour, devices), []
-    except (ValueError, FileNotFoundError) as exc:
+        return *telemetry.read_rows(store, files, devices), []
+    except telemetry.UnreadableFile as exc:
         entries = [manifest["models"][n] for n in names]
-        return None, None, [Failure(e["device"], str(exc), tag=e["tag"]) for e in entries]
+        return None, None, [Failure(e["device"], exc.reason, exc.file, e["tag"]) for e in entries]
 
 
-def score_batch(store: Store, hour: datetime, manifest: Manifest) -> BatchResult:
-    """Score every model of ``manifest`` (a :func:`~scoring.models.manifest_slice`) on one hour."""
+def score_batch(store: Store, grid: Grid, manifest: Manifest, files: Sequence[str],
+                rule: AlertRule, policy: ModelPolicy = ModelPolicy()) -> BatchResult:
+    """Score every model of ``manifest`` (a :func:`~scoring.models.manifest_slice`) on one hour.
+
+    ``files`` are the hour's telemetry files the flow found readable; ``grid``
+    and ``rule`` are the hour's alignment and alert rules; ``policy`` says which
+    model formats besides plain arrays may be loaded (the flow's settings).
+    """
     started = time.perf_counter()
     names = sorted(manifest["models"])
-    loaded, failures = model_io.load_models(store, manifest, names)
+    loaded, failures = model_io.load_models(store, manifest, names, policy)
     devices = sorted({manifest["models"][n]["device"] for n in loaded})
-    rows, quarantined, read_failures = _read_devices(store, hour, devices, list(loaded), manifest)
+    rows, quarantined, read_failures = _read_devices(store, devices, files, list(loaded), manifest)
     failures += read_failures
-    scored = []
+    scored, summaries = [], []
     if rows is not None:
         specs = {parse_key(n): manifest["models"][n]["features"] for n in loaded}
-        features, feature_failures = to_features(rows, specs)
+        features, feature_failures, misaligned = to_features(rows, specs, grid)
+        quarantined = pd.concat([quarantined, misaligned], ignore_index=True)
         failures += feature_failures
         for f in features:
             entry = manifest["models"][key_name(f.key)]
@@ -109,16 +122,12 @@ def score_batch(store: Store, hour: datetime, manifest: Manifest) -> BatchResult
                 failures.append(Failure(f.key[0], str(exc), entry["file"], f.key[1]))
                 continue
             scored.append((f, score, anomaly, entry["sha256"]))
+            summaries.append(alerts.device_hour(f, score, anomaly, grid, rule))
     frame = predictions_frame(scored)
-    result = BatchResult(names, rows=len(frame), failures=failures, stats=_stats(frame), quarantined=quarantined)
+    summaries += [alerts.unscored(f, grid) for f in failures]
+    result = BatchResult(names, rows=len(frame), failures=failures,
+                         device_hours=alerts.device_hours(summaries), quarantined=quarantined)
     if len(frame):
-        result.part = predictions.write_part(store, hour, frame)
+        result.part = predictions.write_part(store, grid.start, frame)
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _stats(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per model: rows, anomalies and lowest score, for the run summary."""
-    grouped = frame.groupby(["device", "tag"], dropna=False, sort=True)
-    return grouped.agg(rows=("score", "size"), anomalies=("anomaly", "sum"),
-                       min_score=("score", "min")).reset_index()

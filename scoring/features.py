@@ -1,8 +1,9 @@
 """Long telemetry (``ts, device, tag, value``) to one feature matrix per model.
 
-Reshaping is done with NumPy on a frame sorted once per batch, never with a
-pandas pivot per device: at thousands of devices per hour the per-device pandas
-overhead costs more than the scoring itself.
+Rows are checked against the contract (:func:`validate`), aligned to the grid
+once per batch (:mod:`scoring.align`), then scattered into each model's matrix
+with NumPy, never with a pandas pivot per device: at thousands of devices per
+hour the per-device pandas overhead costs more than the scoring itself.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from scoring.align import Aligned, Grid, align, quarantine
 from scoring.records import Failure, Features, ModelKey
 
 LONG_COLUMNS = ("ts", "device", "tag", "value")
-
-
-QUARANTINE_COLUMNS = ("ts", "device", "tag", "value", "reason")
 
 
 def validate(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -26,9 +25,10 @@ def validate(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     Accepts the original sample's ``TS,Device,Tag,Value`` headers. Returns the
     good rows normalised (UTC ``ts``, string ``device`` and ``tag``, float
     ``value``) and the bad rows as they came, as strings, with a ``reason``, so
-    they can be kept in quarantine rather than dropped. NaN or infinite values
-    are kept: they fail their own device, which is reported by name. Raises
-    ``ValueError`` when whole columns are missing: then no row can be trusted.
+    they can be kept in quarantine rather than dropped. A missing, NaN or
+    infinite value is a lost reading: quarantined, and its timestamp then lacks
+    that tag. Raises ``ValueError`` when whole columns are missing: then no row
+    can be trusted.
     """
     renamed = frame.rename(columns={c: c.lower() for c in frame.columns if isinstance(c, str)})
     missing = [c for c in LONG_COLUMNS if c not in renamed.columns]
@@ -37,6 +37,8 @@ def validate(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     raw = renamed.loc[:, list(LONG_COLUMNS)]
     ts, value = _timestamps(raw["ts"]), _numbers(raw["value"])
     reason = pd.Series(pd.NA, index=raw.index, dtype="string")
+    reason = reason.mask(np.isinf(value), "value is not finite")
+    reason = reason.mask(value.isna() & raw["value"].isna(), "value is missing or NaN")
     reason = reason.mask(value.isna() & raw["value"].notna(), "value is not a number")
     reason = reason.mask(ts.isna(), "ts is not a timestamp")
     reason = reason.mask(raw["device"].isna() | raw["tag"].isna(), "device or tag is missing")
@@ -75,100 +77,102 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
     return good
 
 
-def _slices(labels: np.ndarray) -> dict[str, slice]:
-    """Start and end of each run of equal labels in a sorted array."""
-    if len(labels) == 0:
-        return {}
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    ends = np.r_[starts[1:], len(labels)]
-    return {str(labels[s]): slice(s, e) for s, e in zip(starts, ends)}
-
-
-def _rows_of(key: ModelKey, by_device: Mapping[str, slice], tag: np.ndarray) -> slice:
-    """The rows of one model in the sorted batch (an empty slice if it has none)."""
-    device, sensor = key
-    rows = by_device.get(device, slice(0, 0))
-    if sensor is None or rows.stop == rows.start:
-        return rows
-    inner = _slices(tag[rows]).get(sensor, slice(0, 0))
-    return slice(rows.start + inner.start, rows.start + inner.stop)
-
-
-def _grid(key: ModelKey, ts: np.ndarray, tags: np.ndarray, values: np.ndarray,
-          features: Sequence[str]) -> Features | None:
-    """The usual case as a reshape: every tag at the same strictly increasing times, all finite.
-
-    Rows come sorted by tag, then time. Anything irregular returns ``None`` and
-    goes through :func:`_matrix`, which pivots and names what is wrong. A
-    per-device pivot costs about 10 ms per 100 devices; this, under 1 ms.
-    """
-    k = len(features)
-    n = len(ts) // k
-    if n == 0 or n * k != len(ts):
-        return None
-    names = sorted(features)
-    if tags[::n].tolist() != names or tags[n - 1 :: n].tolist() != names:
-        return None
-    times = ts.reshape(k, n)
-    if not (times == times[0]).all() or not (np.diff(times[0]) > np.timedelta64(0)).all():
-        return None
-    X = values.reshape(k, n).T[:, [names.index(f) for f in features]]
-    return Features(key, times[0], X) if np.isfinite(X).all() else None
-
-
-def _matrix(key: ModelKey, ts: np.ndarray, tags: np.ndarray, values: np.ndarray,
-            features: Sequence[str]) -> Features:
-    """Pivot one model's rows to a (timestamps x features) matrix, or raise ``ValueError``."""
-    unknown = sorted(set(tags.tolist()) - set(features))
-    if unknown:
-        raise ValueError(f"tags {unknown} are not among the model's features {list(features)}")
-    times, row = np.unique(ts, return_inverse=True)
-    col = pd.Index(features).get_indexer(tags)
-    cell = row * len(features) + col
-    if len(np.unique(cell)) != len(cell):
-        raise ValueError("duplicate rows for the same timestamp and tag")
-    X = np.full((len(times), len(features)), np.nan)
-    X[row, col] = values
-    gaps = ~np.isfinite(X)
-    if gaps.any():
-        absent = [f for f, n in zip(features, gaps.sum(axis=0)) if n]
-        raise ValueError(
-            f"{int(gaps.any(axis=1).sum())} of {len(times)} timestamps lack a finite value for {absent}"
-        )
-    return Features(key, times, X)
-
-
 def to_features(
-    telemetry: pd.DataFrame, specs: Mapping[ModelKey, Sequence[str]]
-) -> tuple[list[Features], list[Failure]]:
+    telemetry: pd.DataFrame, specs: Mapping[ModelKey, Sequence[str]], grid: Grid
+) -> tuple[list[Features], list[Failure], pd.DataFrame]:
     """Build the input of every model in ``specs`` from one batch of normalised telemetry.
 
     ``specs`` maps a model key to its feature order: the device's tags for a
     per-device model, ``["value"]`` for a per-sensor model ``(device, tag)``.
-    A model whose rows are missing, duplicated, non-finite or shaped unlike its
-    features becomes a :class:`Failure`; the others are unaffected.
+    Readings are aligned to ``grid`` (:mod:`scoring.align`); a model's rows are
+    the grid's timestamps that have every feature, after filling. Returns the
+    models' inputs, the models that cannot be scored (no readings: ``silent``;
+    coverage below ``grid.min_coverage``: ``failed``), and the quarantined rows
+    with their reason. One model's problems never affect another.
     """
-    frame = telemetry.sort_values(["device", "tag", "ts"], kind="stable")
-    device = frame["device"].to_numpy(dtype=object)
-    tag = frame["tag"].to_numpy(dtype=object)
-    ts = frame["ts"].to_numpy(dtype="datetime64[ns]")  # UTC, without the per-row object overhead
-    value = frame["value"].to_numpy()
-    by_device = _slices(device)
+    aligned = align(telemetry, grid)
+    columns = _ColumnLookup(aligned.tags)
     features: list[Features] = []
     failures: list[Failure] = []
+    quarantined = [aligned.quarantined]
     for key, order in specs.items():
-        rows = _rows_of(key, by_device, tag)
+        rows = aligned.rows_of(key[0])
+        if key[1] is not None:  # a per-sensor model: its tag's rows, as its one feature
+            rows = _rows_of_tag(aligned, rows, key[1])
+            col = np.zeros(rows.stop - rows.start, dtype=np.int64)
+        else:
+            col = columns.of(order)[aligned.tag[rows]]
         if rows.stop == rows.start:
-            failures.append(Failure(key[0], "no telemetry rows in this hour", tag=key[1]))
+            failures.append(Failure(key[0], f"no telemetry rows in {grid.label}", tag=key[1], status="silent"))
             continue
-        # A per-sensor model has one feature, whatever its tag is called.
-        cols = tag[rows] if key[1] is None else np.full(rows.stop - rows.start, order[0], dtype=object)
-        try:
-            features.append(_grid(key, ts[rows], cols, value[rows], order)
-                            or _matrix(key, ts[rows], cols, value[rows], order))
-        except ValueError as exc:
-            failures.append(Failure(key[0], str(exc), tag=key[1]))
-    return features, failures
+        unknown = col < 0
+        if unknown.any():
+            names = aligned.tags[aligned.tag[rows][unknown]]
+            quarantined.append(quarantine(telemetry, aligned.source[rows][unknown],
+                                          [f"tag {n} is not among the model's features {list(order)}" for n in names]))
+        step, value = aligned.step[rows][~unknown], aligned.value[rows][~unknown]
+        made = _matrix(key, step, col[~unknown], value, len(order), grid, aligned.counts_of(key[0]))
+        (features if isinstance(made, Features) else failures).append(made)
+    return features, failures, pd.concat(quarantined, ignore_index=True)
+
+
+class _ColumnLookup:
+    """Tag code to column number (-1: not a feature), one array per feature order, built once per batch."""
+
+    def __init__(self, tags: np.ndarray) -> None:
+        self._tags = pd.Index(tags)
+        self._made: dict[tuple[str, ...], np.ndarray] = {}
+
+    def of(self, order: Sequence[str]) -> np.ndarray:
+        key = tuple(order)
+        if key not in self._made:
+            self._made[key] = pd.Index(key).get_indexer(self._tags).astype(np.int64)
+        return self._made[key]
+
+
+def _rows_of_tag(aligned: Aligned, rows: slice, tag: str) -> slice:
+    """The rows of one tag within one device's rows (sorted by tag code)."""
+    code = np.searchsorted(aligned.tags, tag)
+    if code == len(aligned.tags) or aligned.tags[code] != tag:
+        return slice(0, 0)
+    first, last = np.searchsorted(aligned.tag[rows], [code, code + 1])
+    return slice(rows.start + first, rows.start + last)
+
+
+def _matrix(key: ModelKey, step: np.ndarray, col: np.ndarray, value: np.ndarray, width: int,
+            grid: Grid, counts: tuple[int, int]) -> Features | Failure:
+    """One model's (timestamps x features) input on the grid, or a failure when coverage is too low."""
+    X = np.full((grid.size, width), np.nan)
+    X[step, col] = value
+    filled = _fill_forward(X, grid.max_fill)  # only timestamps with some reading: never invent one
+    complete = ~np.isnan(X).any(axis=1)
+    scored = int(complete.sum())
+    coverage = scored / grid.size
+    if scored == 0 or coverage < grid.min_coverage:
+        return Failure(key[0], f"coverage {coverage:.1%} is below min-coverage {grid.min_coverage:.0%}: "
+                               f"{scored} of {grid.size} timestamps in {grid.label} have every tag",
+                       tag=key[1])
+    kept = np.flatnonzero(complete)
+    return Features(key, grid.times(kept), X[kept], expected=grid.size, filled=filled,
+                    duplicates=counts[0], superseded=counts[1])
+
+
+def _fill_forward(X: np.ndarray, limit: int) -> int:
+    """Fill gaps in place from the same column's previous value at most ``limit`` rows back; return how many.
+
+    Only rows that hold some reading are filled: a timestamp the device did not
+    report at all stays a gap, and is not scored.
+    """
+    missing = np.isnan(X)
+    if limit == 0 or not missing.any():
+        return 0
+    index = np.arange(len(X))[:, None]
+    last = np.maximum.accumulate(np.where(missing, -1, index), axis=0)
+    reported = ~missing.all(axis=1, keepdims=True)
+    fill = missing & reported & (last >= 0) & (index - last <= limit)
+    rows, cols = np.nonzero(fill)
+    X[rows, cols] = X[last[rows, cols], cols]
+    return len(rows)
 
 
 GRANULARITIES = ("device", "sensor")

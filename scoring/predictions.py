@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 
-from scoring import layout
-from scoring.features import QUARANTINE_COLUMNS
-from scoring.records import Failure
+from scoring import alerts, layout
+from scoring.records import QUARANTINE_COLUMNS, Failure
 from scoring.store import Store, parquet_bytes, sha256
+from scoring.telemetry import InputFile
 
 ERROR_COLUMNS = ("device", "tag", "file", "reason")
 
@@ -41,7 +42,8 @@ def write_part(store: Store, hour: datetime, frame: pd.DataFrame) -> str:
 
 def errors_frame(failures: Sequence[Failure]) -> pd.DataFrame:
     """One row per failed device or sensor, sorted so that reruns write the same bytes."""
-    rows = sorted((f.device, f.tag, f.file, f.reason) for f in failures)
+    rows = sorted(((f.device, f.tag, f.file, f.reason) for f in failures),
+                  key=lambda row: tuple("" if v is None else v for v in row))
     return pd.DataFrame(rows, columns=list(ERROR_COLUMNS)).astype("string")
 
 
@@ -53,7 +55,8 @@ def quarantine_frame(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame:
 
 
 def commit(store: Store, hour: datetime, parts: Sequence[str], failures: Sequence[Failure],
-           stats: dict[str, int], quarantined: Sequence[pd.DataFrame] = ()) -> dict[str, Any]:
+           stats: dict[str, int], quarantined: Sequence[pd.DataFrame] = (),
+           device_hours: pd.DataFrame | None = None, inputs: Sequence[InputFile] = ()) -> dict[str, Any]:
     """Make the hour visible: write its errors and quarantine files, then the marker, then drop leftovers.
 
     Refuses (``RuntimeError``) when a part a batch reported is not in storage: a
@@ -69,16 +72,20 @@ def commit(store: Store, hour: datetime, parts: Sequence[str], failures: Sequenc
     errors = _write_addressed(store, hour, "errors", errors_frame(failures))
     kept = quarantine_frame(quarantined)
     quarantine = _write_addressed(store, hour, "quarantine", kept)
+    summaries = _write_addressed(store, hour, "device_hours",
+                                 device_hours if device_hours is not None else alerts.device_hours([]))
     marker = {
         "hour": layout.hour_label(hour),
         "parts": sorted(parts),
         "errors": errors,
         "quarantine": quarantine,
+        "device_hours": summaries,
         "quarantined_rows": len(kept),
+        "inputs": [asdict(i) for i in inputs],
         **stats,
     }
     store.write(f"{folder}/{layout.COMMIT_MARKER}", json.dumps(marker, indent=1, sort_keys=True).encode())
-    keep = {*marker["parts"], errors, quarantine, f"{folder}/{layout.COMMIT_MARKER}"}
+    keep = {*marker["parts"], errors, quarantine, summaries, f"{folder}/{layout.COMMIT_MARKER}"}
     store.remove([f for f in store.list(folder) if f not in keep])
     return marker
 
@@ -114,6 +121,11 @@ def read_predictions(store: Store, hour: datetime) -> pd.DataFrame:
 def read_errors(store: Store, hour: datetime) -> pd.DataFrame:
     """The committed hour's failed devices with file and reason."""
     return _read(store, [_marker(store, hour)["errors"]])
+
+
+def read_device_hours(store: Store, hour: datetime) -> pd.DataFrame:
+    """The committed hour's row per model: status, coverage, anomalies and alert (:mod:`scoring.alerts`)."""
+    return _read(store, [_marker(store, hour)["device_hours"]])
 
 
 def read_quarantine(store: Store, hour: datetime) -> pd.DataFrame:

@@ -20,9 +20,23 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from azure.core.exceptions import AzureError, HttpResponseError
 from fsspec.implementations.local import LocalFileSystem
 
 _SECRET_IN_URL = re.compile(r"\?|AccountKey=|SharedAccessSignature=|sig=", re.IGNORECASE)
+
+
+def is_transient(exc: BaseException | object) -> bool:
+    """Whether a storage error can pass by itself: network, timeouts, throttling (429), server errors (5xx).
+
+    A missing file, a refused permission or a file that cannot be parsed will
+    fail the same way on every retry, so they are not transient.
+    """
+    if isinstance(exc, HttpResponseError):
+        return exc.status_code in (408, 429) or (exc.status_code or 0) >= 500
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return False
+    return isinstance(exc, (AzureError, OSError, TimeoutError, ConnectionError))
 
 
 def sha256(data: bytes) -> str:
@@ -146,6 +160,16 @@ class Store:
         except FileNotFoundError:
             return []
         return sorted(self.rel(e["name"]) for e in entries if e["type"] == "file")
+
+    def list_detail(self, rel: str) -> list[dict]:
+        """Like :meth:`list`, with each file's ``size`` and ``version`` (blob etag, else modification time)."""
+        try:
+            entries = self.fs.ls(self.path(rel), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(({"path": self.rel(e["name"]), "size": int(e["size"]),
+                        "version": str(e.get("etag") or e.get("last_modified") or e.get("mtime"))}
+                       for e in entries if e["type"] == "file"), key=lambda e: e["path"])
 
     def list_dirs(self, rel: str) -> list[str]:
         try:

@@ -3,29 +3,113 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scoring import layout
-from scoring.features import normalise, validate
+from scoring.features import LONG_COLUMNS, normalise, validate
+from scoring.records import Failure
 from scoring.store import Store
 
 ROW_GROUP_ROWS = 64_000
 """Rows per Parquet row group: small enough that a batch skips the groups of other devices."""
 
 
-def hour_files(store: Store, hour: datetime) -> list[str]:
+@dataclass(frozen=True)
+class InputFile:
+    """One telemetry file as read: recorded with the commit, so a changed or late file is noticed."""
+
+    path: str
+    size: int
+    version: str
+    """The blob's etag, or the local file's modification time: changes whenever the content may have."""
+
+
+class UnreadableFile(ValueError):
+    """A telemetry file that cannot be parsed: reported with its reason, never retried."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+
+@dataclass
+class HourScan:
+    """What the hour's folder holds: readable files, the devices in them, and files that cannot be read."""
+
+    files: list[InputFile]
+    devices: list[str]
+    unreadable: list[Failure]
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.files]
+
+
+def hour_files(store: Store, hour: datetime) -> list[InputFile]:
     """The hour's telemetry files, or ``FileNotFoundError`` naming the folder."""
     folder = layout.telemetry_dir(hour)
-    files = [f for f in store.list(folder) if f.endswith((".parquet", ".csv"))]
+    files = [InputFile(e["path"], e["size"], e["version"]) for e in store.list_detail(folder)
+             if e["path"].endswith((".parquet", ".csv"))]
     if not files:
         raise FileNotFoundError(f"no telemetry for {layout.hour_label(hour)}: {store.url_of(folder)} holds no .parquet or .csv")
     return files
+
+
+def scan_hour(store: Store, hour: datetime) -> HourScan:
+    """List the hour's files and the devices in them, reading Parquet metadata and device columns only.
+
+    A file that cannot be parsed (empty, not Parquet or CSV, columns missing)
+    becomes a :class:`Failure` naming it; storage errors are raised, to be retried.
+    """
+    files, devices, unreadable = [], set(), []
+    for entry in hour_files(store, hour):
+        try:
+            devices.update(_devices_in(store, entry))
+            files.append(entry)
+        except UnreadableFile as exc:
+            unreadable.append(Failure(None, exc.reason, exc.file))
+    return HourScan(files, sorted(str(d) for d in devices if d is not None), unreadable)
+
+
+def _devices_in(store: Store, entry: InputFile) -> set:
+    """Device ids of one file, after checking it can be read as telemetry."""
+    if entry.size == 0:
+        raise UnreadableFile(entry.path, "file is empty (0 bytes)")
+    if entry.path.endswith(".csv"):
+        frame = _read_file(store, entry.path, None)
+        return set(frame[_device_column(frame)].dropna().unique())
+    path = store.path(entry.path)
+    with _parse_errors(entry.path):
+        schema = pq.read_schema(path, filesystem=store.fs)
+        _check_columns(entry.path, schema.names)
+        return set(pq.read_table(path, filesystem=store.fs, columns=["device"]).column(0).unique().to_pylist())
+
+
+@contextmanager
+def _parse_errors(rel: str) -> Iterator[None]:
+    """Errors of the file's content (not of the storage) as :class:`UnreadableFile`."""
+    try:
+        yield
+    except UnreadableFile:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError,
+            UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UnreadableFile(rel, f"not readable as Parquet or CSV telemetry: {type(exc).__name__}: {exc}") from None
+
+
+def _check_columns(rel: str, names: Sequence[str]) -> None:
+    missing = [c for c in LONG_COLUMNS if c not in {n.lower() for n in names}]
+    if missing:
+        raise UnreadableFile(rel, f"lacks column(s) {missing}; expected {list(LONG_COLUMNS)}")
 
 
 def write_hour(store: Store, hour: datetime, frame: pd.DataFrame, name: str = "part-00000") -> str:
@@ -59,44 +143,47 @@ def _device_filter(devices: Sequence[str] | None) -> list[tuple] | None:
 
 
 def _read_file(store: Store, rel: str, devices: Sequence[str] | None) -> pd.DataFrame:
-    """One file's rows (of ``devices`` only, if given) as they are stored."""
+    """One file's rows (of ``devices`` only, if given) as they are stored, or :class:`UnreadableFile`."""
     path = store.path(rel)
-    if rel.endswith(".csv"):
-        with store.fs.open(path, "rb") as f:
-            frame = pd.read_csv(f, dtype=str)
-        device = _device_column(frame)
-        return frame if devices is None or device not in frame else frame[frame[device].isin(devices)]
-    return pq.read_table(path, filesystem=store.fs, filters=_device_filter(devices)).to_pandas()
+    with _parse_errors(rel):
+        if rel.endswith(".csv"):
+            with store.fs.open(path, "rb") as f:
+                frame = pd.read_csv(f, dtype=str)
+            _check_columns(rel, frame.columns)
+            device = _device_column(frame)
+            return frame if devices is None else frame[frame[device].isin(devices)]
+        return pq.read_table(path, filesystem=store.fs, filters=_device_filter(devices)).to_pandas()
 
 
-def read_rows(
-    store: Store, hour: datetime, devices: Sequence[str] | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The hour's telemetry (only ``devices`` if given): valid rows normalised, and the quarantine.
+def read_rows(store: Store, files: Sequence[str], devices: Sequence[str] | None = None
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of some telemetry files (only ``devices`` if given): valid rows normalised, and the quarantine.
 
-    Quarantined rows carry a ``reason`` and their ``file``. Raises ``ValueError``
-    naming the file when a file cannot be read as telemetry at all.
+    Quarantined rows carry a ``reason`` and their ``file``. Raises
+    :class:`UnreadableFile` when a file cannot be read as telemetry at all.
     """
     good, bad = [], []
-    for rel in hour_files(store, hour):
-        try:
+    for rel in files:
+        with _parse_errors(rel):
             valid, quarantined = validate(_read_file(store, rel, devices))
-        except (ValueError, pa.ArrowException) as exc:
-            raise ValueError(f"{store.url_of(rel)}: {exc}") from exc
         good.append(valid)
         bad.append(quarantined.assign(file=rel))
-    return pd.concat(good, ignore_index=True), pd.concat(bad, ignore_index=True)
+    rows = pd.concat(good, ignore_index=True)
+    # Each row's file, as a category: rows quarantined later (outside the hour, conflicts) still name it.
+    codes = np.repeat(np.arange(len(good)), [len(g) for g in good])
+    rows["file"] = pd.Categorical.from_codes(codes, categories=list(files)) if len(files) else []
+    return rows, pd.concat(bad, ignore_index=True)
 
 
 def read_hour(store: Store, hour: datetime, devices: Sequence[str] | None = None) -> pd.DataFrame:
-    """The hour's valid telemetry; see :func:`read_rows` for the rows that are not."""
-    return read_rows(store, hour, devices)[0]
+    """The hour's valid telemetry from its readable files (``scan_hour`` names the others)."""
+    return read_rows(store, scan_hour(store, hour).paths, devices)[0].drop(columns="file")
 
 
-def anonymous_rows(store: Store, hour: datetime) -> pd.DataFrame:
+def anonymous_rows(store: Store, files: Sequence[str]) -> pd.DataFrame:
     """Rows without a device id, quarantined: no batch reads them, so the flow keeps them."""
     frames = []
-    for rel in hour_files(store, hour):
+    for rel in files:
         if rel.endswith(".csv"):
             frame = _read_file(store, rel, None)
             frame = frame[frame[_device_column(frame)].isna()]
@@ -105,16 +192,3 @@ def anonymous_rows(store: Store, hour: datetime) -> pd.DataFrame:
                                   filters=pc.field("device").is_null()).to_pandas()
         frames.append(validate(frame)[1].assign(file=rel))
     return pd.concat(frames, ignore_index=True)
-
-
-def hour_devices(store: Store, hour: datetime) -> list[str]:
-    """Every device id that reports in the hour (reads only the device column of Parquet files)."""
-    ids: set[str] = set()
-    for rel in hour_files(store, hour):
-        if rel.endswith(".csv"):
-            frame = _read_file(store, rel, None)
-            ids.update(frame[_device_column(frame)].dropna().unique())
-        else:
-            column = pq.read_table(store.path(rel), filesystem=store.fs, columns=["device"]).column(0)
-            ids.update(column.unique().to_pylist())
-    return sorted(str(i) for i in ids if i is not None)

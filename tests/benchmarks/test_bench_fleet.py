@@ -10,6 +10,7 @@ from benchmarks import contenders
 from benchmarks.contenders import Bench
 from benchmarks.fleet import SCORED_HOUR, FleetSize, fleet_values, prepare, ready_matrices
 from benchmarks.memory import PeakMemory
+from flows import rules
 from scoring import models, telemetry
 from scoring.features import to_features
 from scoring.records import parse_key
@@ -26,7 +27,7 @@ def test_the_floor_scores_the_matrices_the_pipeline_builds(fleet):
     manifest = models.read_manifest(store)
     assert len(manifest["models"]) == 12
     specs = {parse_key(n): e["features"] for n, e in manifest["models"].items()}
-    features, failures = to_features(telemetry.read_hour(store, SCORED_HOUR), specs)
+    features, failures, _ = to_features(telemetry.read_hour(store, SCORED_HOUR), specs, rules.grid([SCORED_HOUR], min_coverage=contenders.BENCH_MIN_COVERAGE))
     assert not failures
     for f, ready in zip(sorted(features, key=lambda f: f.key), ready_matrices(size), strict=True):
         np.testing.assert_array_equal(f.X, ready)
@@ -36,7 +37,7 @@ def test_every_contender_finds_the_same_anomalies(fleet, tmp_path):
     size, store = fleet
     bench = Bench(store, SCORED_HOUR, models.read_manifest(store), 1, tmp_path)
     loaded, _ = models.load_models(store, bench.manifest, bench.manifest["models"])
-    fleet_models = [loaded[n] for n in sorted(loaded)]
+    fleet_models = [loaded[n].reference for n in sorted(loaded)]
     floor = contenders.sklearn_floor(bench, fleet_models, ready_matrices(size))
     assert floor.anomalies > 0 and floor.rows == 12 * 60
     for outcome in (contenders.fastpath_floor(bench, fleet_models, ready_matrices(size)),

@@ -26,6 +26,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Scheduled
 
@@ -150,15 +151,31 @@ def test_the_run_shows_summary_table_and_picture(triggered, client, fleet, score
     _, anomalies = fleet
     key = f"score-{layout.hour_label(scored_hour).lower()}"
     artifacts = _artifacts(client, triggered.id)
-    assert set(artifacts) == {f"{key}-summary", f"{key}-top-devices", f"{key}-anomaly-map"}
+    assert set(artifacts) == {f"{key}-summary", f"{key}-devices-in-alert", f"{key}-anomaly-map"}
     summary = artifacts[f"{key}-summary"].data
+    injected = sorted(set(anomalies["device"]))
+    assert summary.startswith(f"# Fleet scoring {layout.hour_label(scored_hour)} UTC\n\n"
+                              f"**{len(injected)} devices in alert, 0 silent** of 12.")
     assert "| devices scored | 12 |" in summary and "| largest cluster workers | 1 |" in summary
     assert re.search(r"\| dashboard \| \[http[^]]+\]\(http", summary)
-    top = json.loads(artifacts[f"{key}-top-devices"].data)
-    assert top[0]["anomalies"] > 0 and top[0]["device"] in set(anomalies["device"])
+    top = json.loads(artifacts[f"{key}-devices-in-alert"].data)
+    assert sorted(row["device"] for row in top) == injected and top[0]["anomalies"] >= 3
     picture = artifacts[f"{key}-anomaly-map"].data
     svg = base64.b64decode(re.search(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", picture)[1]).decode()
     assert svg.startswith("<svg") and f">{top[0]['device']}</text>" in svg and "rgba(214,39,40" in svg
+
+
+def test_every_device_in_alert_emits_an_event_an_automation_can_match(triggered, client, fleet, scored_hour):
+    _, anomalies = fleet
+    injected = sorted(set(anomalies["device"]))
+    names = EventFilter(event=EventNameFilter(name=["fleetscore.device.alert"]),
+                        related=EventRelatedFilter(id=[f"prefect.flow-run.{triggered.id}"]))
+    deadline = time.monotonic() + 30  # the served process ships its events in the background
+    while len(events := client.read_events(filter=names).events) < len(injected) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert sorted(e.resource.id for e in events) == [f"fleetscore.device.{d}" for d in injected]
+    assert {e.payload["hour"] for e in events} == {layout.hour_label(scored_hour)}
+    assert all(e.payload["models"][0]["longest_run"] >= 3 for e in events)
 
 
 def test_progress_is_logged_per_batch_from_the_flow_process(triggered, client):

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flows import rules
 from flows.score import score_fleet
 from flows.train import train_fleet
 from scoring import layout, models, predictions, telemetry
@@ -39,10 +40,10 @@ def test_predictions_equal_scikit_learn_on_the_same_rows(scored, scored_hour):
     manifest = models.read_manifest(store)
     loaded, _ = models.load_models(store, manifest, manifest["models"])
     specs = {parse_key(n): e["features"] for n, e in manifest["models"].items()}
-    features, _ = to_features(telemetry.read_hour(store, scored_hour), specs)
+    features, _, _ = to_features(telemetry.read_hour(store, scored_hour), specs, rules.grid([scored_hour]))
     for f in features:
         rows = got[got["device"] == f.key[0]]
-        model = loaded[f.key[0]]
+        model = loaded[f.key[0]].reference  # scikit-learn's own model with the published parameters
         np.testing.assert_allclose(rows["score"].to_numpy(), model.decision_function(f.X), rtol=0, atol=1e-12)
         np.testing.assert_array_equal(rows["anomaly"].to_numpy(), (model.predict(f.X) == -1).astype(int))
         assert (rows["model_sha256"] == manifest["models"][f.key[0]]["sha256"]).all()
@@ -58,7 +59,20 @@ def test_every_injected_anomaly_is_flagged_and_false_alarms_are_rare(scored, sco
     assert injected.sum() >= 3 * len(anomalies)
     assert got.loc[injected, "anomaly"].all()
     assert got.loc[~injected, "anomaly"].mean() < 0.02
-    assert summary["anomalies"] == int(got["anomaly"].sum())
+    assert summary["anomalous_rows"] == int(got["anomaly"].sum())
+
+
+def test_the_devices_in_alert_are_exactly_those_with_an_injected_anomaly(scored, scored_hour):
+    store, anomalies, _, summary = scored
+    hours = predictions.read_device_hours(store, scored_hour)
+    assert len(hours) == 40 and (hours["status"] == "scored").all() and (hours["coverage"] == 1.0).all()
+    alerting = sorted(hours.loc[hours["alert"], "device"])
+    assert alerting == sorted(set(anomalies["device"]))
+    assert summary["devices_in_alert"] == len(alerting) and summary["devices_silent"] == 0
+    assert summary["alerts"].split(", ")[0] in alerting
+    got = predictions.read_predictions(store, scored_hour)
+    per_device = got.groupby("device")["anomaly"].sum()
+    assert hours.set_index("device")["anomalies"].to_dict() == per_device.to_dict()
 
 
 def test_rerunning_an_hour_gives_the_same_files(scored, scored_hour):
@@ -79,5 +93,5 @@ def test_a_device_without_a_model_fails_alone(tmp_path, write_fleet, train_hours
     assert summary["devices_scored"] == 6 and summary["devices_failed"] == 1
     errors = predictions.read_errors(store, scored_hour)
     assert errors[["device", "file", "reason"]].values.tolist() == [
-        ["newcomer", layout.MANIFEST, "no model in the manifest"]]
+        ["newcomer", layout.manifest_file(models.live_version(store)), "no model in the manifest"]]
     assert set(predictions.read_predictions(store, scored_hour)["device"]) == {f"dev-{i:05d}" for i in range(6)}

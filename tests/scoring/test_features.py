@@ -1,12 +1,21 @@
 import re
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from scoring.features import infer_specs, normalise, to_features
+from scoring import layout
+from scoring.align import Grid, align
+from scoring.features import infer_specs, normalise, to_features, validate
 
-TS = pd.date_range("2026-11-27T10:00", periods=3, freq="5s", tz="UTC")
+HOUR = layout.parse_hour("2026-11-27T10")
+TS = pd.date_range(HOUR, periods=3, freq="5s", tz="UTC")
+
+
+def grid(**rules) -> Grid:
+    """The hour's 5 s grid; coverage is not under test unless asked (three readings are 0.4 % of it)."""
+    return Grid.over([HOUR], **{"min_coverage": 0.0, **rules})
 
 
 def long_frame(rows):
@@ -15,6 +24,10 @@ def long_frame(rows):
 
 def tiny(device="d1", tags=("a", "b")):
     return [(t, device, tag, float(i * 10 + j)) for i, t in enumerate(TS) for j, tag in enumerate(tags)]
+
+
+def at(seconds: float) -> pd.Timestamp:
+    return pd.Timestamp(HOUR) + pd.Timedelta(seconds=seconds)
 
 
 def test_normalise_accepts_the_sample_headers():
@@ -31,40 +44,97 @@ def test_normalise_names_missing_columns_and_bad_types():
         normalise(pd.DataFrame({"ts": [TS[0]], "device": ["d"], "tag": ["a"], "value": ["high"]}))
 
 
+def test_lost_and_infinite_values_are_quarantined_as_lost_readings():
+    good, bad = validate(pd.DataFrame({"ts": TS, "device": "d", "tag": "a", "value": [1.0, np.nan, np.inf]}))
+    assert good["value"].tolist() == [1.0]
+    assert bad["reason"].tolist() == ["value is missing or NaN", "value is not finite"]
+
+
 def test_to_features_pivots_tags_in_the_model_order():
     rows = long_frame(tiny()[::-1])  # row order must not matter
-    features, failures = to_features(rows, {("d1", None): ["b", "a"]})
-    assert failures == []
+    features, failures, quarantined = to_features(rows, {("d1", None): ["b", "a"]}, grid())
+    assert failures == [] and quarantined.empty
     (f,) = features
     assert f.key == ("d1", None)
     np.testing.assert_array_equal(f.X, [[1, 0], [11, 10], [21, 20]])
     assert list(pd.to_datetime(f.ts, utc=True)) == list(TS)
+    assert (f.expected, f.coverage) == (720, 3 / 720)
 
 
-@pytest.mark.parametrize(
-    "rows, reason",
-    [
-        (tiny() + [(TS[0], "d1", "a", 5.0)], "duplicate rows"),
-        (tiny()[:-1], "lack a finite value for \\['b'\\]"),
-        ([r if r[2] != "a" or r[0] != TS[1] else (*r[:3], np.inf) for r in tiny()], "finite"),
-        (tiny(tags=("a", "b", "c")), "tags \\['c'\\] are not among"),
-        (tiny(device="d2"), "no telemetry rows"),
-    ],
-    ids=["duplicates", "missing-value", "infinite", "extra-tag", "no-rows"],
-)
-def test_to_features_turns_a_bad_device_into_a_failure_and_keeps_the_others(rows, reason):
-    good = tiny(device="d0")
-    features, failures = to_features(long_frame(good + rows), {("d0", None): ["a", "b"], ("d1", None): ["a", "b"]})
+def test_readings_jittered_around_a_step_make_one_row_at_the_nearest_step():
+    rows = [(at(-0.3 + 5 * i), "d1", "a", float(i)) for i in range(3)] + \
+           [(at(0.4 + 5 * i), "d1", "b", 10.0 + i) for i in range(3)]
+    (f,), failures, quarantined = to_features(long_frame(rows), {("d1", None): ["a", "b"]}, grid())
+    assert failures == [] and quarantined.empty
+    assert list(pd.to_datetime(f.ts, utc=True)) == list(TS)
+    np.testing.assert_array_equal(f.X, [[0, 10], [1, 11], [2, 12]])
+
+
+def test_the_reading_nearest_the_step_wins_and_the_others_are_counted():
+    rows = tiny() + [(at(1.9), "d1", "a", 99.0), (at(-2.0), "d1", "b", 98.0)]
+    (f,), _, _ = to_features(long_frame(rows), {("d1", None): ["a", "b"]}, grid())
+    np.testing.assert_array_equal(f.X[0], [0, 1])
+    assert f.superseded == 2
+
+
+def test_exact_duplicates_are_dropped_and_counted_conflicts_are_quarantined_row_by_row():
+    rows = tiny() + [tiny()[0], tiny()[0], (TS[1], "d1", "b", -5.0)]
+    (f,), failures, quarantined = to_features(long_frame(rows), {("d1", None): ["a", "b"]}, grid())
+    assert failures == [] and f.duplicates == 2
+    assert quarantined["value"].tolist() == ["-5.0", "11.0"]
+    assert set(quarantined["reason"]) == {"conflicting values for the same device, tag and ts"}
+    assert list(pd.to_datetime(f.ts, utc=True)) == [TS[0], TS[2]]  # TS[1] lacks b: skipped, not guessed
+
+
+def test_rows_outside_the_hour_are_quarantined_never_scored():
+    rows = tiny() + [(at(-5), "d1", "a", 1.0), (at(3599.9), "d1", "b", 2.0)]
+    (f,), _, quarantined = to_features(long_frame(rows), {("d1", None): ["a", "b"]}, grid())
+    assert len(f.ts) == 3
+    assert pd.to_datetime(quarantined["ts"]).tolist() == [at(-5), at(3599.9)]
+    assert quarantined["reason"].str.startswith("ts outside 2026-11-27T10").all()
+
+
+def test_gaps_are_skipped_or_filled_from_the_previous_reading_within_max_fill():
+    rows = [r for r in tiny() if not (r[0] == TS[1] and r[2] == "b")]
+    (skipped,), _, _ = to_features(long_frame(rows), {("d1", None): ["a", "b"]}, grid())
+    assert len(skipped.ts) == 2 and skipped.filled == 0
+    (filled,), _, _ = to_features(long_frame(rows), {("d1", None): ["a", "b"]}, grid(max_fill=1))
+    np.testing.assert_array_equal(filled.X, [[0, 1], [10, 1], [20, 21]])
+    assert filled.filled == 1 and len(filled.ts) == 3
+
+
+def test_a_timestamp_with_no_reading_at_all_is_never_filled():
+    rows = [r for r in tiny() if r[0] != TS[1]]
+    (f,), _, _ = to_features(long_frame(rows), {("d1", None): ["a", "b"]}, grid(max_fill=5))
+    assert len(f.ts) == 2 and f.filled == 0
+
+
+def test_a_device_below_min_coverage_fails_with_a_reason_that_says_so():
+    _, (failure,), _ = to_features(long_frame(tiny()), {("d1", None): ["a", "b"]}, grid(min_coverage=0.5))
+    assert failure.status == "failed"
+    assert "coverage 0.4% is below min-coverage 50%: 3 of 720 timestamps" in failure.reason
+
+
+def test_tags_the_model_does_not_know_are_quarantined_and_the_device_still_scored():
+    rows = tiny(tags=("a", "b", "c"))
+    (f,), failures, quarantined = to_features(long_frame(rows), {("d1", None): ["a", "b"]}, grid())
+    assert failures == [] and len(f.ts) == 3
+    assert quarantined["tag"].tolist() == ["c"] * 3
+    assert quarantined["reason"].str.contains("tag c is not among the model's features").all()
+
+
+def test_a_device_without_readings_is_silent_and_the_others_are_unaffected():
+    features, failures, _ = to_features(long_frame(tiny(device="d0")),
+                                        {("d0", None): ["a", "b"], ("d1", None): ["a", "b"]}, grid())
     assert [f.key for f in features] == [("d0", None)]
-    assert [f.device for f in failures] == ["d1"]
-    assert pytest.approx(features[0].X[0]) == [0.0, 1.0]
-    assert re.search(reason, failures[0].reason)
+    assert [(f.device, f.status) for f in failures] == [("d1", "silent")]
+    assert re.search("no telemetry rows in 2026-11-27T10", failures[0].reason)
 
 
 def test_per_sensor_models_get_one_column_each():
     specs = infer_specs(long_frame(tiny()), granularity="sensor")
     assert specs == {("d1", "a"): ["value"], ("d1", "b"): ["value"]}
-    features, failures = to_features(long_frame(tiny()), specs)
+    features, failures, _ = to_features(long_frame(tiny()), specs, grid())
     assert failures == []
     np.testing.assert_array_equal(features[1].X[:, 0], [1, 11, 21])
 
@@ -73,3 +143,15 @@ def test_infer_specs_refuses_unknown_granularity():
     assert infer_specs(long_frame(tiny())) == {("d1", None): ["a", "b"]}
     with pytest.raises(ValueError, match="granularity must be one of"):
         infer_specs(long_frame(tiny()), granularity="fleet")
+
+
+def test_a_grid_refuses_a_step_that_does_not_divide_the_hour():
+    with pytest.raises(ValueError, match="divide the window"):
+        Grid.over([HOUR], step=timedelta(seconds=7))
+    assert Grid.over([HOUR, HOUR + timedelta(hours=1)], step=timedelta(seconds=10)).size == 720
+
+
+def test_alignment_counts_per_device():
+    aligned = align(long_frame(tiny() + [tiny()[0]] + tiny(device="d2")), grid())
+    assert aligned.counts_of("d1") == (1, 0) and aligned.counts_of("d2") == (0, 0)
+    assert aligned.counts_of("nobody") == (0, 0)
