@@ -34,13 +34,15 @@ def publish(store: Store, devices: int, per_pack: int) -> models.Manifest:
     fitted = [fit_model(rng.normal(size=(720, 5)), nu=0.001, gamma=0.02) for _ in range(10)]
     names = [f"dev-{i:05d}" for i in range(devices)]
     window = (layout.parse_hour("2026-11-27T08"), layout.parse_hour("2026-11-27T10"))
-    entries, packs = {}, {}
+    entries, packs, version = {}, {}, models.new_version()
     for shard, start in enumerate(range(0, devices, per_pack)):
         chunk = {(n, None): fitted[i % len(fitted)] for i, n in enumerate(names[start:start + per_pack])}
-        e, p = models.publish_pack(store, shard, chunk, {k: list("abcde") for k in chunk}, window)
+        e, p = models.publish_pack(store, version, shard, chunk, {k: list("abcde") for k in chunk}, window)
         entries |= e
         packs |= p
-    return models.write_manifest(store, "device", window, entries, packs)
+    manifest = models.write_manifest(store, version, "device", window, entries, packs)
+    models.activate(store, version)
+    return manifest
 
 
 def timed_load(store: Store, manifest: models.Manifest, per_batch: int) -> float:

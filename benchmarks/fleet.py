@@ -98,30 +98,33 @@ def _write_hour(store: Store, size: FleetSize, hour, seed: int, anomaly_rate: fl
         telemetry.write_hour(store, hour, long_frame(size, hour, first, values), name=f"part-{i:05d}")
 
 
-def _train_shard(store: Store, size: FleetSize, shard: int, first: int, count: int) -> tuple[dict, dict]:
+def _train_shard(store: Store, size: FleetSize, shard: int, first: int, count: int,
+                 version: str) -> tuple[dict, dict]:
     """Fit and publish one pack of models, as ``train-fleet`` would from the same matrices."""
     values = fleet_values(size, first, count, seed=1, anomaly_rate=0.0)
     ids = device_ids(first + count)[first:]
     fitted = {(d, None): fit_model(X, nu=setting("scoring.nu"), gamma=setting("scoring.gamma"))
               for d, X in zip(ids, values)}
     specs = {k: size.tag_names for k in fitted}
-    return models.publish_pack(store, shard, fitted, specs, layout.span([TRAIN_HOUR]))
+    return models.publish_pack(store, version, shard, fitted, specs, layout.span([TRAIN_HOUR]))
 
 
 def prepare(root: Path, size: FleetSize, jobs: int) -> Store:
     """The store of a fleet of ``size`` under ``root``: made once (minutes at 10,000 devices), then reused."""
     store = Store(str(root / f"fleet-{size.key}"))
-    if store.exists(READY):
+    if store.exists(READY) and store.exists(layout.MODELS_LIVE):  # fleets made before model versions are remade
         return store
     _write_hour(store, size, SCORED_HOUR, seed=2, anomaly_rate=ANOMALY_RATE)
     shards = _chunks(size, setting("scoring.devices-per-pack"))
+    version = models.new_version()
     published = Parallel(n_jobs=jobs)(
-        delayed(_train_shard)(store, size, i, first, count) for i, (first, count) in enumerate(shards)
+        delayed(_train_shard)(store, size, i, first, count, version) for i, (first, count) in enumerate(shards)
     )
     get_reusable_executor().shutdown(wait=True)  # else the joblib row would reuse, and not count, these workers
-    models.write_manifest(store, "device", layout.span([TRAIN_HOUR]),
+    models.write_manifest(store, version, "device", layout.span([TRAIN_HOUR]),
                           {k: v for entries, _ in published for k, v in entries.items()},
                           {k: v for _, pack in published for k, v in pack.items()})
+    models.activate(store, version)
     store.write(READY, json.dumps({"size": size.key}).encode())
     return store
 

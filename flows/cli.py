@@ -1,4 +1,4 @@
-"""The ``fleetscore`` command: generate a fleet, train its models, score an hour, serve it hourly, backfill, sweep Azure."""
+"""The ``fleetscore`` command: generate a fleet, train or import its models, score an hour, serve it hourly, backfill, sweep Azure."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from cluster.clusters import KINDS
 from cluster.config import setting
-from scoring import layout, telemetry
+from scoring import layout, models, seed_models, telemetry
 from scoring.generate import device_ids, generate_hour
 from scoring.realistic import DUPLICATES, JITTER_SECONDS, LATE, LOSS, Delivery, realistic_hour
 from scoring.store import Store, parquet_bytes
@@ -44,12 +44,17 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from flows.train import train_fleet
+    """Fit and publish a new model version; exit 1, publishing nothing, when training must not publish."""
+    from flows.train import TrainingRefused, train_fleet
 
     end = layout.parse_hour(args.end) if args.end else layout.last_full_hour() - timedelta(hours=1)
     start = end - timedelta(hours=args.hours - 1)
-    summary = train_fleet(start=layout.hour_label(start), end=layout.hour_label(end), store=args.store,
-                          granularity=args.granularity, cluster=args.cluster)
+    try:
+        summary = train_fleet(start=layout.hour_label(start), end=layout.hour_label(end), store=args.store,
+                              granularity=args.granularity, cluster=args.cluster, allow_partial=args.allow_partial)
+    except TrainingRefused as exc:
+        print(f"fleetscore train: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -57,8 +62,28 @@ def train(args: argparse.Namespace) -> int:
 def score(args: argparse.Namespace) -> int:
     from flows.score import score_fleet
 
-    summary = score_fleet(store=args.store, hour=args.hour, cluster=args.cluster)
+    summary = score_fleet(store=args.store, hour=args.hour, cluster=args.cluster, model_version=args.model_version)
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def import_models(args: argparse.Namespace) -> int:
+    """Convert the original sample's pickled models into a new, code-free model version of ``--store``."""
+    from flows.trust import signing_key
+
+    target = Store(args.store)
+    target.create()
+    try:
+        manifest, ignored = seed_models.import_models(Store(args.source), args.pattern, target, signing_key())
+    except ValueError as exc:
+        print(f"fleetscore import-models: {exc}", file=sys.stderr)
+        return 1
+    if not args.no_activate:
+        models.activate(target, manifest["version"])
+        models.prune(target, setting("models.keep-versions"))
+    print(json.dumps({"version": manifest["version"], "live": not args.no_activate, "models": sorted(manifest["models"]),
+                      "ignored": ignored, "manifest": target.url_of(layout.manifest_file(manifest["version"]))},
+                     indent=1))
     return 0
 
 
@@ -139,11 +164,25 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument("--hours", type=int, default=2, help="hours in the window (default: %(default)s)")
     fit.add_argument("--granularity", choices=["device", "sensor"], default="device",
                      help="one model per device over its tags, or per (device, tag) (default: %(default)s)")
+    fit.add_argument("--allow-partial", action="store_true",
+                     help="publish even if shards were lost or more than fleetscore.models.max-unfitted-share of the "
+                     "devices could not be fitted; those keep their previous model and are listed")
     _add_cluster_option(fit)
 
     run = command("score", score, "score one hour with the score-fleet flow and commit its predictions")
     run.add_argument("--hour", help="hour to score, YYYY-MM-DDTHH UTC (default: the last full hour)")
+    run.add_argument("--model-version", help="score with this model version, e.g. to compare with an older one "
+                     "(default: the live version)")
     _add_cluster_option(run)
+
+    legacy = command("import-models", import_models,
+                     "convert the original sample's pickled scikit-learn pipelines into a new per-sensor model "
+                     "version, reading them as data: nothing in them is executed")
+    legacy.add_argument("--from", dest="source", required=True, help="folder or store URL holding the model files")
+    legacy.add_argument("--pattern", default="model_{device}_{tag}",
+                        help="file names, with {device} and {tag} (default: %(default)s)")
+    legacy.add_argument("--no-activate", action="store_true",
+                        help="write and sign the version but leave the live version as it is")
 
     hourly = command("serve", serve, "serve score-fleet every hour and backfill-fleet on demand, until Ctrl-C")
     hourly.add_argument("--cron", help="when hourly runs start, a cron line in UTC; each run scores "

@@ -15,7 +15,8 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TELEMETRY = "telemetry"
 MODELS = "models"
 PREDICTIONS = "predictions"
-MANIFEST = f"{MODELS}/manifest.json"
+MODELS_LIVE = f"{MODELS}/live.json"
+"""The pointer to the live model version: the only model file ever overwritten, and written last."""
 COMMIT_MARKER = "_COMMITTED.json"
 ERRORS_FILE = "errors.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
@@ -85,16 +86,30 @@ def predictions_dir(hour: datetime) -> str:
     return f"{PREDICTIONS}/{partition(hour)}"
 
 
-def model_file(device: str, tag: str | None = None) -> str:
-    """``models/<device>.joblib``, or ``models/<device>/<tag>.joblib`` for per-sensor models."""
-    if tag is None:
-        return f"{MODELS}/{check_id(device)}.joblib"
-    return f"{MODELS}/{check_id(device)}/{check_id(tag, 'tag')}.joblib"
+def version_dir(version: str) -> str:
+    """``models/v=<version>``: everything of one model version, written once, never rewritten."""
+    return f"{MODELS}/v={check_id(version, 'model version')}"
 
 
-def pack_file(shard: int) -> str:
+def manifest_file(version: str) -> str:
+    """A version's manifest, written after every model file it names."""
+    return f"{version_dir(version)}/manifest.json"
+
+
+def signature_file(version: str) -> str:
+    """The signature of a version's manifest bytes, when a signing key is configured."""
+    return f"{version_dir(version)}/manifest.sig"
+
+
+def model_file(version: str, device: str, tag: str | None, suffix: str) -> str:
+    """``models/v=<version>/<device><suffix>``, or ``.../<device>/<tag><suffix>`` for per-sensor models."""
+    name = check_id(device) if tag is None else f"{check_id(device)}/{check_id(tag, 'tag')}"
+    return f"{version_dir(version)}/{name}{suffix}"
+
+
+def pack_file(version: str, shard: int) -> str:
     """A model pack: many models in one blob, so a batch reads its models in one request."""
-    return f"{MODELS}/packs/pack-{shard:05d}.zip"
+    return f"{version_dir(version)}/packs/pack-{shard:05d}.zip"
 
 
 def anomalies_file(hour: datetime) -> str:

@@ -31,19 +31,29 @@ def fit_model(X: np.ndarray, nu: float, gamma: str | float) -> Pipeline:
     return make_pipeline(StandardScaler(), OneClassSVM(kernel="rbf", nu=nu, gamma=gamma)).fit(X)
 
 
+def is_anomaly(score: np.ndarray) -> np.ndarray:
+    """The one-class SVM's rule: a row is normal only when its decision value is > 0 (libsvm's ``predict``)."""
+    return score <= 0.0
+
+
 def predict(model: BaseEstimator | CompiledOCSVM, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(score, anomaly)``: ``decision_function`` and 1 for anomaly, 0 for normal.
 
     1/0 is the original sample's convention; scikit-learn's ``predict`` says -1/1.
     The standard model is scored by :mod:`scoring.fastpath` (same numbers, several
-    times faster), any other model by its own methods.
+    times faster) with :func:`is_anomaly`; any other model by its own
+    ``decision_function`` and ``predict``, whose rule is its own.
     Raises ``ValueError`` when the model expects another number of features.
     """
     expected = getattr(model, "n_features_in_", X.shape[1])
     if X.shape[1] != expected:
         raise ValueError(f"model expects {expected} features, telemetry gives {X.shape[1]}")
-    score, anomaly = fastpath.score(model, X)
-    return score, anomaly.astype("int8")
+    compiled = model if isinstance(model, CompiledOCSVM) else fastpath.compile_model(model)
+    if compiled is not None:
+        score = compiled.decision_function(X)
+        return score, is_anomaly(score).astype("int8")
+    score = np.asarray(model.decision_function(X), dtype="float64").ravel()
+    return score, (np.asarray(model.predict(X)).ravel() == -1).astype("int8")
 
 
 def predictions_frame(

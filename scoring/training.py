@@ -14,6 +14,7 @@ import pandas as pd
 from scoring import layout
 from scoring import models as model_io
 from scoring import telemetry
+from scoring.align import Grid
 from scoring.features import infer_specs, to_features
 from scoring.predict import fit_model
 from scoring.records import Failure
@@ -22,19 +23,24 @@ from scoring.store import Store
 
 @dataclass
 class TrainResult:
-    """A trained shard: its manifest entries and pack, and the devices that could not be fitted."""
+    """A trained shard: its manifest entries and pack, and the devices that could not be fitted.
+
+    ``lost`` marks a shard whose task failed as a whole (worker or storage gone):
+    its devices were not even tried, which a publication must not hide.
+    """
 
     entries: dict
     packs: dict
     failures: list[Failure]
+    lost: bool = False
 
 
-def train_batch(store: Store, hours: Sequence[datetime], devices: Sequence[str], shard: int,
-                granularity: str, nu: float, gamma: float | str) -> TrainResult:
-    """Fit one model per device (or sensor) of the shard on the window's telemetry."""
+def train_batch(store: Store, hours: Sequence[datetime], grid: Grid, devices: Sequence[str], shard: int,
+                granularity: str, nu: float, gamma: float | str, version: str) -> TrainResult:
+    """Fit one model per device (or sensor) of the shard on the window's telemetry, into model ``version``."""
     window = pd.concat([telemetry.read_hour(store, h, devices) for h in hours], ignore_index=True)
     specs = infer_specs(window, granularity)
-    features, failures = to_features(window, specs)
+    features, failures, _ = to_features(window, specs, grid)  # quarantined rows are the scoring runs' to report
     fitted = {}
     for f in features:
         try:
@@ -42,5 +48,5 @@ def train_batch(store: Store, hours: Sequence[datetime], devices: Sequence[str],
         except ValueError as exc:
             failures.append(Failure(f.key[0], str(exc), tag=f.key[1]))
     window_span = layout.span(list(hours))
-    entries, pack = model_io.publish_pack(store, shard, fitted, specs, window_span) if fitted else ({}, {})
+    entries, pack = model_io.publish_pack(store, version, shard, fitted, specs, window_span) if fitted else ({}, {})
     return TrainResult(entries, pack, failures)

@@ -28,12 +28,15 @@ from prefect.states import Cancelling
 
 import flows.score
 from cluster.config import setting
+from flows import rules
 from flows.report import TooManyFailures
 from flows.score import score_fleet
+from flows.trust import signing_key
 from scoring import layout, models, predictions, telemetry
 from scoring.batch import plan, score_batch
 from scoring.training import train_batch
 from scoring.generate import device_ids
+from scoring.model_format import encode
 from scoring.predict import fit_model
 from scoring.store import Store, sha256
 
@@ -50,11 +53,13 @@ def fleet(write_fleet, train_hours):
     def make(store: Store) -> Store:
         write_fleet(store, devices=DEVICES, anomaly_rate=0.2)
         ids = device_ids(DEVICES)
-        shards = [train_batch(store, train_hours, ids[i:i + 4], i // 4, "device",
-                              setting("scoring.nu"), setting("scoring.gamma")) for i in range(0, DEVICES, 4)]
-        models.write_manifest(store, "device", layout.span(train_hours),
+        version = models.new_version()
+        shards = [train_batch(store, train_hours, rules.grid(train_hours), ids[i:i + 4], i // 4, "device",
+                              setting("scoring.nu"), setting("scoring.gamma"), version) for i in range(0, DEVICES, 4)]
+        models.write_manifest(store, version, "device", layout.span(train_hours),
                               {k: v for s in shards for k, v in s.entries.items()},
-                              {k: v for s in shards for k, v in s.packs.items()})
+                              {k: v for s in shards for k, v in s.packs.items()}, signing_key())
+        models.activate(store, version)
         return store
     return make
 
@@ -78,12 +83,12 @@ def accounting(store: Store, hour, expected: set[str]) -> tuple[int, int]:
 def replace_model(store: Store, device: str, model) -> None:
     """Publish another model for one device, manifest updated, as a retrain of that device would."""
     manifest = models.read_manifest(store)
-    data = models.dump_model(model)
+    data = encode(model)[1]
     entry = manifest["models"][device]
     store.write(entry["file"], data)
     entry["sha256"] = sha256(data)
     entry.pop("pack")
-    store.write(layout.MANIFEST, json.dumps(manifest).encode())
+    store.write(layout.manifest_file(manifest["version"]), json.dumps(manifest).encode())
 
 
 BAD_INPUTS = {
