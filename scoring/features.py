@@ -69,14 +69,6 @@ def _numbers(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values.where(~values.map(lambda v: isinstance(v, bool))), errors="coerce")
 
 
-def normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Telemetry that must meet the contract in full, normalised; else ``ValueError`` with the first reason."""
-    good, bad = validate(frame)
-    if len(bad):
-        raise ValueError(f"{len(bad)} telemetry rows break the contract, e.g. {bad.iloc[0].to_dict()}")
-    return good
-
-
 def to_features(
     telemetry: pd.DataFrame, specs: Mapping[ModelKey, Sequence[str]], grid: Grid
 ) -> tuple[list[Features], list[Failure], pd.DataFrame]:

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scoring import layout
-from scoring.features import LONG_COLUMNS, normalise, validate
+from scoring.features import LONG_COLUMNS, validate
 from scoring.records import Failure
 from scoring.store import Store
 
@@ -113,10 +113,13 @@ def _check_columns(rel: str, names: Sequence[str]) -> None:
 
 
 def write_hour(store: Store, hour: datetime, frame: pd.DataFrame, name: str = "part-00000") -> str:
-    """Write one hour as Parquet sorted by device, so readers can prune row groups."""
-    table = pa.Table.from_pandas(
-        normalise(frame).sort_values(["device", "ts", "tag"], kind="stable"), preserve_index=False
-    )
+    """Write one hour as Parquet sorted by device, so readers can prune row groups.
+
+    Rows are written as given, bad ones too (NaN values, odd ids): telling them
+    apart is the reader's job, as it is with what real devices send.
+    """
+    rows = frame.rename(columns={c: c.lower() for c in frame.columns})[list(LONG_COLUMNS)]
+    table = pa.Table.from_pandas(rows.sort_values(["device", "ts", "tag"], kind="stable"), preserve_index=False)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=ROW_GROUP_ROWS)
     rel = f"{layout.telemetry_dir(hour)}/{name}.parquet"

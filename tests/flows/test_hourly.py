@@ -171,7 +171,8 @@ def test_every_device_in_alert_emits_an_event_an_automation_can_match(triggered,
     names = EventFilter(event=EventNameFilter(name=["fleetscore.device.alert"]),
                         related=EventRelatedFilter(id=[f"prefect.flow-run.{triggered.id}"]))
     deadline = time.monotonic() + 30  # the served process ships its events in the background
-    while len(events := client.read_events(filter=names).events) < len(injected) and time.monotonic() < deadline:
+    while len(events := client.read_events(filter=names, limit=50).events) < len(injected) \
+            and time.monotonic() < deadline:
         time.sleep(1)
     assert sorted(e.resource.id for e in events) == [f"fleetscore.device.{d}" for d in injected]
     assert {e.payload["hour"] for e in events} == {layout.hour_label(scored_hour)}

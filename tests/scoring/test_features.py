@@ -7,7 +7,7 @@ import pytest
 
 from scoring import layout
 from scoring.align import Grid, align
-from scoring.features import infer_specs, normalise, to_features, validate
+from scoring.features import infer_specs, to_features, validate
 
 HOUR = layout.parse_hour("2026-11-27T10")
 TS = pd.date_range(HOUR, periods=3, freq="5s", tz="UTC")
@@ -19,7 +19,9 @@ def grid(**rules) -> Grid:
 
 
 def long_frame(rows):
-    return normalise(pd.DataFrame(rows, columns=["ts", "device", "tag", "value"]))
+    good, bad = validate(pd.DataFrame(rows, columns=["ts", "device", "tag", "value"]))
+    assert bad.empty
+    return good
 
 
 def tiny(device="d1", tags=("a", "b")):
@@ -30,18 +32,19 @@ def at(seconds: float) -> pd.Timestamp:
     return pd.Timestamp(HOUR) + pd.Timedelta(seconds=seconds)
 
 
-def test_normalise_accepts_the_sample_headers():
+def test_validate_accepts_the_sample_headers():
     frame = pd.DataFrame({"TS": ["2026-11-27T10:00:00Z"], "Device": ["d1"], "Tag": ["a"], "Value": [1]})
-    out = normalise(frame)
+    out, _ = validate(frame)
     assert list(out.columns) == ["ts", "device", "tag", "value"]
     assert str(out["ts"].dt.tz) == "UTC" and out["value"].dtype == "float64"
 
 
-def test_normalise_names_missing_columns_and_bad_types():
+def test_validate_names_missing_columns_and_bad_types():
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['value'\]"):
-        normalise(pd.DataFrame({"ts": [], "device": [], "tag": []}))
-    with pytest.raises(ValueError, match="value is not a number"):
-        normalise(pd.DataFrame({"ts": [TS[0]], "device": ["d"], "tag": ["a"], "value": ["high"]}))
+        validate(pd.DataFrame({"ts": [], "device": [], "tag": []}))
+    good, bad = validate(pd.DataFrame({"ts": [TS[0], "soon"], "device": ["d", None], "tag": ["a", "a"],
+                                       "value": ["high", "1"]}))
+    assert good.empty and bad["reason"].tolist() == ["value is not a number", "device or tag is missing"]
 
 
 def test_lost_and_infinite_values_are_quarantined_as_lost_readings():
