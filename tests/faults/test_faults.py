@@ -33,6 +33,8 @@ from flows import rules
 from flows.report import TooManyFailures
 from flows.score import score_fleet
 from flows.trust import signing_key
+from flows.train import train_fleet
+from flows.trust import model_policy, signing_key
 from scoring import layout, models, predictions, telemetry
 from scoring.batch import plan, score_batch
 from scoring.training import train_batch
@@ -44,11 +46,13 @@ from scoring.store import Store, sha256
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 PRELOAD = str(Path(__file__).with_name("preload_faults.py"))
 DEVICES = 12
+SIGNING_KEY = "fault-suite-model-signing-key-0123456789"
+"""The manifest signing key of the secrets case: set as its variable, it must then appear nowhere."""
 OUTAGE_SECONDS = 40
 """Longer than the Azure SDK's first retry backoffs (15 s, then 18 s), shorter than all of them."""
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fleet(write_fleet, train_hours):
     """A store with a scored-hour fleet and its models (trained without a cluster: it is not under test)."""
     def make(store: Store) -> Store:
@@ -258,27 +262,35 @@ AZURE_EXAMPLE = {"subscription-id": "00000000-0000-0000-0000-000000000000", "loc
 
 
 def test_no_secret_reaches_logs_artifacts_errors_or_pickled_tasks(azurite, az_store, fleet, scored_hour,
-                                                                  fault_table):
+                                                                  fault_table, train_hours, monkeypatch):
+    monkeypatch.setenv(setting("models.signing-key-env"), SIGNING_KEY)  # versions signed, and verified by the run
     store = fleet(az_store)
+    trained = train_fleet(start=layout.hour_label(train_hours[0]), end=layout.hour_label(train_hours[-1]),
+                          store=store.url, return_state=True)
     store.remove([models.read_manifest(store)["models"]["dev-00003"]["file"]])
     store.remove(sorted(models.read_manifest(store)["packs"]))
     state = score_fleet(store=store.url, hour=layout.hour_label(scored_hour), return_state=True)
-    run_id = state.state_details.flow_run_id
+    run_ids = [state.state_details.flow_run_id, trained.state_details.flow_run_id]
     secret = azurite.connection_string.split("AccountKey=")[1].split(";")[0]
     with get_client(sync_client=True) as client:
-        logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+        logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)))]
         artifacts = [str(a.data) for a in client.read_artifacts(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))]
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)))]
+        parameters = [str(client.read_flow_run(r).parameters) for r in run_ids]
     errors = predictions.read_errors(store, scored_hour)["reason"].tolist()
     manifest = models.read_manifest(store)
-    pickled = [cloudpickle.dumps((score_batch, store, scored_hour, models.manifest_slice(manifest, names)))
+    pickled = [cloudpickle.dumps((score_batch, store, scored_hour, models.manifest_slice(manifest, names),
+                                  model_policy()))
                for names in plan(manifest)]
     assert logs and artifacts and errors == ["model file is missing"]
     vm_init = azure.rendered_cloud_init(azure.azure_settings(AZURE_EXAMPLE))  # this environment holds the key
-    texts = [*logs, *artifacts, *errors, str(state.result()), repr(store), vm_init]
-    hits = sum(secret in t for t in texts) + sum(secret.encode() in p for p in pickled)
+    texts = [*logs, *artifacts, *errors, *parameters, str(state.result()), str(trained.result()), repr(store), vm_init]
+    secrets = (secret, SIGNING_KEY)
+    hits = sum(s in t for s in secrets for t in texts) + sum(s.encode() in p for s in secrets for p in pickled)
+    assert models.read_manifest(store, key=signing_key(), require_signature=True) == manifest  # signed
     assert hits == 0
-    fault_table.append(("secrets", f"connection string with AccountKey; {len(logs)} log lines, "
+    fault_table.append(("secrets", "connection string with AccountKey, model signing key; 2 runs' parameters, "
+                        f"{len(logs)} log lines, "
                         f"{len(artifacts)} artifacts, errors, {len(pickled)} pickled tasks, an Azure VM's cloud-init",
                         "0 occurrences of the key", 0, 0))
 
