@@ -2,7 +2,8 @@
 
 The cluster and client are entered on one ``ExitStack``, so they are closed on
 success, on an exception and on ``KeyboardInterrupt`` or a cancellation that
-unwinds the flow, in reverse order of creation.
+unwinds the flow, in reverse order of creation. What differs between cluster
+kinds is one row of ``CLUSTER_KINDS``: adding a kind is adding a row.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client, SpecCluster
@@ -22,8 +24,6 @@ from distributed.security import Security
 
 from cluster.bounded import BoundedLocalCluster
 from cluster.config import setting, snake
-
-KINDS = ("local", "azure", "address")
 
 # Schedulers that open_cluster started in this process and has not closed yet: joining one
 # by address (backfill's subflows do) needs no allowlist entry, it is this process's own.
@@ -85,7 +85,14 @@ def _adapt_bounds(adapt: dict[str, int] | None) -> dict[str, int] | None:
     return {"minimum": lo, "maximum": hi}
 
 
-def _checked_azure_settings(options: dict[str, Any]) -> dict[str, Any]:
+def _start_local(options: dict[str, Any], timeout: float, stack: ExitStack) -> tuple[SpecCluster, int]:
+    """A ``LocalCluster`` scheduler without workers, and how many to ask for (``n-workers``)."""
+    local = snake(setting("cluster.local")) | options
+    size = local.pop("n_workers")
+    return stack.enter_context(BoundedLocalCluster(n_workers=0, start_timeout=timeout, **local)), size
+
+
+def _azure_settings(options: dict[str, Any]) -> dict[str, Any]:
     """Azure settings, refused before anything is created (imported here: ``azure`` is an extra)."""
     from cluster import azure
 
@@ -94,20 +101,53 @@ def _checked_azure_settings(options: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _start_cluster(kind: str, options: dict[str, Any], timeout: float, stack: ExitStack) -> tuple[SpecCluster, int]:
-    """Start the scheduler of a new ``local`` or ``azure`` cluster, without workers; return it and its size.
+def _start_azure(options: dict[str, Any], timeout: float, stack: ExitStack) -> tuple[SpecCluster, int]:
+    """The scheduler VM of a new Azure cluster, with ``dask.config`` restored when it closes."""
+    from cluster import azure
 
-    Workers are asked for afterwards (``scale``), so the only blocking step, the
-    scheduler's start, is bounded by ``timeout`` and worker start-up by ``_check_ready``.
+    stack.enter_context(azure.restored_dask_config())
+    return stack.enter_context(azure.azure_cluster(options, timeout)), options["n-workers"]
+
+
+def _delete_azure_run(run_id: str, log: Callable[[str], object]) -> None:
+    """Delete every Azure resource tagged with the flow run ``run_id``, whatever its age."""
+    from cluster.azure import FLOW_RUN_TAG
+    from cluster.sweep import report, sweep_configured
+
+    found, failed = sweep_configured({FLOW_RUN_TAG: run_id}, older_than="0", dry_run=False)
+    for line in report(found, failed, dry_run=False):
+        log(line)
+    if failed:
+        raise RuntimeError(f"{len(failed)} resources of run {run_id} are left: run `fleetscore sweep`")
+
+
+@dataclass(frozen=True)
+class ClusterKind:
+    """What fleetscore does differently for one kind of cluster.
+
+    Attributes:
+        start: starts a new cluster's scheduler (without workers, so that only this step
+            is bounded by the start timeout) on the stack; returns it and the number of
+            workers to ask for. ``None``: the kind joins an existing scheduler by address.
+        settings: checks and completes the kind's options before anything is started.
+        shared: a backfill opens one for its whole range and each hour's run joins it by address.
+        cleanup: deletes, by flow run id, what a run killed before closing its cluster left, logging
+            each line; ``None`` when nothing outlives the flow process (used by ``cluster.hooks``).
     """
-    if kind == "azure":
-        from cluster import azure
 
-        stack.enter_context(azure.restored_dask_config())
-        return stack.enter_context(azure.azure_cluster(options, timeout)), options["n-workers"]
-    local = snake(setting("cluster.local")) | options
-    size = local.pop("n_workers")
-    return stack.enter_context(BoundedLocalCluster(n_workers=0, start_timeout=timeout, **local)), size
+    start: Callable[[dict[str, Any], float, ExitStack], tuple[SpecCluster, int]] | None
+    settings: Callable[[dict[str, Any]], dict[str, Any]] = dict
+    shared: bool = False
+    cleanup: Callable[[str, Callable[[str], object]], None] | None = None
+
+
+CLUSTER_KINDS: dict[str, ClusterKind] = {
+    "local": ClusterKind(start=_start_local, shared=True),
+    "azure": ClusterKind(start=_start_azure, settings=_azure_settings, cleanup=_delete_azure_run),
+    "address": ClusterKind(start=None),
+}
+KINDS = tuple(CLUSTER_KINDS)
+"""The cluster kinds' names, for ``fleetscore.cluster.kind`` and the command's ``--cluster``."""
 
 
 def _scale(cluster: SpecCluster, size: int, bounds: dict[str, int] | None) -> None:
@@ -145,26 +185,25 @@ def open_cluster(
         TimeoutError: the scheduler or the first worker did not come up in time.
     """
     kind = setting("cluster.kind", kind)
-    if kind not in KINDS:
+    if kind not in CLUSTER_KINDS:
         raise ValueError(f"unknown cluster kind {kind!r}: set fleetscore.cluster.kind to one of {KINDS}")
+    how = CLUSTER_KINDS[kind]
     address = setting("cluster.address", address)
-    if kind == "address" and not address:
-        raise ValueError("cluster kind 'address' needs a scheduler address: set fleetscore.cluster.address")
-    if kind == "address":
+    if how.start is None:
+        if not address:
+            raise ValueError(f"cluster kind {kind!r} needs a scheduler address: set fleetscore.cluster.address")
         check_address(address)
     bounds = _adapt_bounds(setting("cluster.adapt", adapt))
-    if kind == "azure":
-        cluster_options = _checked_azure_settings(cluster_options)
-        start_timeout = start_timeout or cluster_options["start-timeout"]
-    timeout = float(setting("cluster.start-timeout", start_timeout))
+    cluster_options = how.settings(cluster_options)
+    timeout = float(setting("cluster.start-timeout", start_timeout or cluster_options.get("start-timeout")))
     deadline = time.monotonic() + timeout
     logging.getLogger("distributed").setLevel(setting("cluster.log-level").upper())
     with ExitStack() as stack:
-        if kind == "address":
+        if how.start is None:
             _check_answers(address, timeout)
             client = stack.enter_context(Client(address, timeout=timeout))
         else:
-            cluster, size = _start_cluster(kind, cluster_options, timeout, stack)
+            cluster, size = how.start(cluster_options, timeout, stack)
             _OPENED.add(cluster.scheduler_address)
             stack.callback(_OPENED.discard, cluster.scheduler_address)
             client = stack.enter_context(Client(cluster, timeout=timeout))

@@ -14,21 +14,20 @@ from typing import Any
 
 from prefect.logging.loggers import flow_run_logger
 
+from cluster.clusters import CLUSTER_KINDS
 from cluster.config import setting
 
 
 def delete_run_cluster(flow: Any, flow_run: Any, state: Any) -> None:
-    """``on_cancellation`` / ``on_crashed`` hook: delete what the run created on Azure, whatever its age."""
+    """``on_cancellation`` / ``on_crashed`` hook: delete what the run created on its cloud, whatever its age.
+
+    What to delete is the cluster kind's ``cleanup`` (for ``azure``: every resource
+    tagged with the flow run id); an unknown kind never started anything.
+    """
     logger = flow_run_logger(flow_run, flow)
     kind = (flow_run.parameters or {}).get("cluster") or setting("cluster.kind")
-    if kind != "azure":
+    cleanup = getattr(CLUSTER_KINDS.get(kind), "cleanup", None)
+    if cleanup is None:
         logger.info("run %s (%s): a %s cluster does not outlive the flow process", flow_run.id, state.name, kind)
         return
-    from cluster.azure import FLOW_RUN_TAG  # imported here: the azure extra is optional
-    from cluster.sweep import report, sweep_configured
-
-    found, failed = sweep_configured({FLOW_RUN_TAG: str(flow_run.id)}, older_than="0", dry_run=False)
-    for line in report(found, failed, dry_run=False):
-        logger.info(line)
-    if failed:
-        raise RuntimeError(f"{len(failed)} resources of run {flow_run.id} are left: run `fleetscore sweep`")
+    cleanup(str(flow_run.id), logger.info)

@@ -23,7 +23,7 @@ from cluster.config import setting
 logger = logging.getLogger(__name__)
 
 # In deletion order: operations group -> (which management client, its list method).
-KINDS = {
+RESOURCE_KINDS = {
     "virtual_machines": ("compute", "list"),
     "disks": ("compute", "list_by_resource_group"),
     "network_interfaces": ("network", "list"),
@@ -96,13 +96,13 @@ def find_leftovers(clients: Mapping[str, Any], group: str, wanted: Mapping[str, 
     """
     cutoff = (now or datetime.now(UTC)) - older_than if older_than > timedelta(0) else None
     listed = {kind: list(getattr(getattr(clients[client], kind), method)(group))
-              for kind, (client, method) in KINDS.items()}
+              for kind, (client, method) in RESOURCE_KINDS.items()}
     chosen = {kind: _tagged(items, wanted, cutoff) for kind, items in listed.items()}
     tagged = [r for kind in ("virtual_machines", "network_interfaces", "public_ip_addresses") for r in chosen[kind]]
     vm_owners = {vm.id: vm for vm in chosen["virtual_machines"]}
     disks = {d.name: d for d in chosen["disks"] + _orphan_disks(listed["disks"], tagged, set(vm_owners))}
     chosen["disks"] = list(disks.values())
-    return [_leftover(kind, r, vm_owners) for kind in KINDS for r in chosen[kind]]
+    return [_leftover(kind, r, vm_owners) for kind in RESOURCE_KINDS for r in chosen[kind]]
 
 
 def _leftover(kind: str, resource: Any, vm_owners: Mapping[str, Any]) -> Leftover:
@@ -119,7 +119,7 @@ def delete(clients: Mapping[str, Any], group: str, leftovers: list[Leftover]) ->
     """
     failed = []
     for item in leftovers:
-        operations = getattr(clients[KINDS[item.kind][0]], item.kind)
+        operations = getattr(clients[RESOURCE_KINDS[item.kind][0]], item.kind)
         try:
             operations.begin_delete(group, item.name).result()
             logger.info("deleted %s", item)

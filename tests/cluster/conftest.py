@@ -76,14 +76,14 @@ class FakeAzure:
     private IP and, like Azure, gives each VM an untagged OS disk named after it.
     """
 
-    KINDS = ("virtual_machines", "disks", "network_interfaces", "public_ip_addresses",
+    RESOURCE_KINDS = ("virtual_machines", "disks", "network_interfaces", "public_ip_addresses",
              "network_security_groups", "subnets")
 
     def __init__(self, group: str = "fleet-rg", private_ip: str = "192.0.2.10"):
         self.group, self.private_ip = group, private_ip
-        self.resources = {kind: {} for kind in self.KINDS}
+        self.resources = {kind: {} for kind in self.RESOURCE_KINDS}
         self.created, self.deleted = [], []
-        for kind in self.KINDS:
+        for kind in self.RESOURCE_KINDS:
             setattr(self, kind, _Operations(self, kind))
 
     def add(self, kind: str, name: str, parameters: dict | None = None, **attributes):

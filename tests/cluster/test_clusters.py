@@ -169,6 +169,7 @@ def test_the_local_scheduler_workers_and_dashboard_are_not_reachable_from_the_ne
     packaged = DEFAULTS["fleetscore"]["cluster"]["local"]["dashboard-address"]
     with dask.config.set({"fleetscore.cluster.local.dashboard-address": packaged}):  # tests turn it off
         with open_cluster("local") as client:
+            client.wait_for_workers(2, timeout=30)
             listeners = [client.scheduler.address, *client.scheduler_info()["workers"]]
             dashboard = client.cluster.scheduler.http_server.port
             ports = [int(a.rsplit(":", 1)[1]) for a in listeners] + [dashboard]

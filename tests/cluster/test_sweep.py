@@ -64,7 +64,7 @@ def test_a_sweep_deletes_vms_before_their_disks_and_nics_before_their_ip(leftove
                                 dry_run=False, now=NOW)
     assert failed == []
     order = [kind for kind, _ in fake_azure.deleted]
-    assert order == sorted(order, key=list(sweep.KINDS).index)
+    assert order == sorted(order, key=list(sweep.RESOURCE_KINDS).index)
     assert len(fake_azure.deleted) == len(found) == 8
     left = {name for items in fake_azure.resources.values() for name in items}
     assert f"dask-{RECENT}-scheduler" in left and "someone-elses-vm" in left
