@@ -6,7 +6,8 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from benchmarks.accuracy import hours_of, missed_anomalies, score_alerts, truth
+from benchmarks.accuracy import flagged_steps, hours_of, missed_anomalies, rule_alerts, score_alerts, truth
+from scoring.alerts import AlertRule
 
 H0 = pd.Timestamp("2026-11-27T10:00Z")
 H1 = H0 + pd.Timedelta(hours=1)
@@ -65,3 +66,14 @@ def test_training_hours_come_right_before_the_scored_ones():
     train, scored = hours_of(3)
     assert train[-1] + timedelta(hours=1) == scored[0] and len(train) == 2
     assert [h - scored[0] for h in scored] == [timedelta(hours=i) for i in range(3)]
+
+
+def test_the_sweep_decides_alerts_from_the_flagged_steps_of_each_device_hour():
+    seconds = [0, 5.2, 9.8, 30, 40]  # jittered stamps: nearest 5 s steps 0, 1, 2, 6, 8
+    frame = pd.DataFrame({"ts": [H0 + pd.Timedelta(seconds=s) for s in seconds] * 2,
+                          "device": ["a"] * 5 + ["b"] * 5, "anomaly": [1, 1, 1, 0, 1] + [1, 0, 0, 1, 0]})
+    steps = flagged_steps(frame, H0.to_pydatetime())
+    assert steps["a"].tolist() == [0, 1, 2, 8] and steps["b"].tolist() == [0, 6]
+    decided = rule_alerts({H0: steps}, AlertRule(3, 6)).set_index("device")["alert"]
+    assert decided.to_dict() == {"a": True, "b": False}
+    assert not rule_alerts({H0: steps}, AlertRule(4, 6))["alert"].any()  # a's fourth step is 8 steps after its first
