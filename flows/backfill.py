@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from cluster.clusters import CLUSTER_KINDS, open_cluster
 from cluster.config import setting
 from flows.score import STORAGE_RETRIES, adapt_bounds, score_fleet
-from scoring import layout, predictions
+from scoring import layout, predictions, telemetry
 from scoring.store import Store
 
 
@@ -26,9 +26,13 @@ class BackfillFailed(RuntimeError):
 
 
 @task(**STORAGE_RETRIES)
-def hours_to_score(store: Store, hours: list[datetime], force: bool) -> list[datetime]:
-    """The hours without a commit marker, or all of them when ``force`` is set."""
-    return list(hours) if force else [h for h in hours if predictions.committed(store, h) is None]
+def hours_to_score(store: Store, hours: list[datetime], force: bool, changed: bool = False) -> list[datetime]:
+    """The hours not committed; with ``changed``, also those whose telemetry files changed since their
+    commit (a late file, a re-delivered one); with ``force``, all of them."""
+    def due(hour: datetime) -> bool:
+        commit = predictions.committed(store, hour)
+        return commit is None or (changed and telemetry.inputs_changed(store, hour, commit["inputs"]))
+    return list(hours) if force else [h for h in hours if due(h)]
 
 
 @contextmanager
@@ -53,6 +57,7 @@ def backfill_fleet(
     end: str,
     store: str | None = None,
     force: bool = False,
+    changed: bool = False,
     cluster: str | None = None,
     address: str | None = None,
     adapt_minimum: int | None = None,
@@ -74,6 +79,8 @@ def backfill_fleet(
         end: last hour, ``YYYY-MM-DDTHH`` UTC.
         store: store URL; default ``fleetscore.store``.
         force: rescore committed hours too.
+        changed: rescore committed hours whose telemetry files changed since they were committed
+            (added, removed, rewritten: what the commit recorded against what the folder holds now).
         cluster: cluster kind (``local``, ``azure``, ``address``); default ``fleetscore.cluster.kind``.
         address: scheduler address for ``cluster="address"``.
         adapt_minimum: fewest workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
@@ -83,8 +90,8 @@ def backfill_fleet(
     logger = get_run_logger()
     target = Store(setting("store", store))
     hours = layout.hour_range(layout.parse_hour(start), layout.parse_hour(end))
-    todo = hours_to_score(target, hours, force)
-    logger.info("backfill %s..%s: %d hours, %d to score, %d skipped as committed",
+    todo = hours_to_score(target, hours, force, changed)
+    logger.info("backfill %s..%s: %d hours, %d to score, %d skipped as committed and unchanged",
                 start, end, len(hours), len(todo), len(hours) - len(todo))
     states = {}
     if todo:

@@ -103,7 +103,8 @@ def serve(args: argparse.Namespace) -> int:
 def backfill(args: argparse.Namespace) -> int:
     from flows.backfill import backfill_fleet
 
-    summary = backfill_fleet(start=args.start, end=args.end, force=args.force, **_run_parameters(args))
+    summary = backfill_fleet(start=args.start, end=args.end, force=args.force, changed=args.changed,
+                             **_run_parameters(args))
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -193,6 +194,8 @@ def parser() -> argparse.ArgumentParser:
     fill.add_argument("--from", dest="start", required=True, help="first hour, YYYY-MM-DDTHH UTC")
     fill.add_argument("--to", dest="end", required=True, help="last hour, YYYY-MM-DDTHH UTC")
     fill.add_argument("--force", action="store_true", help="rescore hours that are already committed")
+    fill.add_argument("--changed", action="store_true",
+                      help="also rescore committed hours whose telemetry files changed since (late or re-sent files)")
     _add_run_options(fill)
 
     clean = commands.add_parser("sweep", help="delete the Azure VMs, NICs, disks and public IPs crashed runs left",

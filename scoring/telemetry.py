@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import numpy as np
@@ -62,6 +62,15 @@ def hour_files(store: Store, hour: datetime) -> list[InputFile]:
     if not files:
         raise FileNotFoundError(f"no telemetry for {layout.hour_label(hour)}: {store.url_of(folder)} holds no .parquet or .csv")
     return files
+
+
+def inputs_changed(store: Store, hour: datetime, recorded: Sequence[dict]) -> bool:
+    """Whether the hour's files differ from those a commit recorded (path, size and version)."""
+    try:
+        now = [asdict(f) for f in hour_files(store, hour)]
+    except FileNotFoundError:
+        now = []
+    return now != sorted(recorded, key=lambda f: f["path"])
 
 
 def scan_hour(store: Store, hour: datetime) -> HourScan:

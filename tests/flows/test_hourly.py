@@ -35,7 +35,7 @@ from flows.backfill import hours_to_score
 from flows.deploy import DEFAULT_CRON, HOURLY
 from flows.score import score_fleet
 from flows.train import train_fleet
-from scoring import layout, predictions
+from scoring import layout, predictions, telemetry
 from scoring.store import Store
 
 from .conftest import prefect_api, stop_group
@@ -214,6 +214,15 @@ def test_backfill_over_3_hours_commits_3_hours_on_one_cluster(triggered, fleet, 
     assert cli.main(args) == 0
     assert json.loads(capsys.readouterr().out)["scored"] == []
     assert hours_to_score.fn(store, hours, force=True) == hours  # --force rescores committed hours
+
+    late = telemetry.read_hour(store, hours[0]).head(10)  # a file delivered after its hour was committed
+    telemetry.write_hour(store, hours[0], late.assign(ts=late["ts"] - timedelta(hours=1)), name="late-00001")
+    assert cli.main([*args, "--changed"]) == 0
+    assert json.loads(capsys.readouterr().out)["scored"] == [layout.hour_label(hours[0])]
+    assert len(predictions.read_quarantine(store, hours[0])) == 10
+    assert predictions.committed(store, hours[0])["inputs"][0]["path"].endswith("late-00001.parquet")
+    assert cli.main([*args, "--changed"]) == 0
+    assert json.loads(capsys.readouterr().out)["scored"] == []
 
 
 def test_a_run_expecting_other_models_fails_before_scoring(fleet, scored_hour):
