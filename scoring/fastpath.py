@@ -60,7 +60,7 @@ class CompiledOCSVM:
     margin: float = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "support_sq", np.einsum("ij,ij->i", self.support, self.support))
+        object.__setattr__(self, "support_sq", (self.support * self.support).sum(axis=1))
         object.__setattr__(self, "margin", BOUNDARY_MARGIN * (np.abs(self.coef).sum() + abs(self.intercept)))
 
     @classmethod

@@ -2,14 +2,16 @@
 
 Three formats, one table (:data:`FORMATS`), named in each manifest entry:
 
-``ocsvm-arrays`` (``.npy``)
+``ocsvm-arrays`` (``.f64``)
     The standard model, ``StandardScaler`` then an RBF ``OneClassSVM``, as one
-    float64 ``.npy`` vector read with ``allow_pickle=False``: a header
+    vector of little-endian float64 and nothing else: a header
     ``[layout version, n_features, n_support, gamma, intercept]``, then
     ``mean`` and ``scale`` (n_features each), the dual coefficients (n_support)
-    and the support vectors (n_support x n_features, row-major). Reading it
-    executes nothing and builds a :class:`~scoring.fastpath.CompiledOCSVM`,
-    which scores directly. Feature order is in the manifest entry.
+    and the support vectors (n_support x n_features, row-major). Reading it is
+    ``numpy.frombuffer``: nothing to parse, nothing executed; it builds a
+    :class:`~scoring.fastpath.CompiledOCSVM`, which scores directly. Feature
+    order is in the manifest entry. (Not ``.npy``: parsing its text header
+    alone costs more than the rest of a load.)
 ``skops`` (``.skops``)
     Any other scikit-learn estimator, through ``skops.io``, which rebuilds only
     types it trusts: scikit-learn's estimators, plus the types a
@@ -57,27 +59,22 @@ def encode_arrays(compiled: CompiledOCSVM) -> bytes:
     n_support, n_features = compiled.support.shape
     header = [ARRAYS_LAYOUT, n_features, n_support, compiled.gamma, compiled.intercept]
     vector = np.concatenate([header, compiled.mean, compiled.scale, compiled.coef, compiled.support.ravel()])
-    buffer = io.BytesIO()
-    np.save(buffer, vector.astype("<f8"), allow_pickle=False)
-    return buffer.getvalue()
+    return vector.astype("<f8").tobytes()
 
 
 def decode_arrays(data: bytes) -> CompiledOCSVM:
     """A standard model from ``ocsvm-arrays`` bytes, or ``ValueError`` saying what is wrong with them."""
-    try:
-        vector = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # a damaged header can raise anything numpy's parser raises
-        raise ValueError(f"not an ocsvm-arrays .npy file: {type(exc).__name__}: {exc}") from None
-    if vector.dtype != np.dtype("<f8") or vector.ndim != 1 or len(vector) < _HEADER:
-        raise ValueError(f"ocsvm-arrays must be a float64 vector, got {vector.dtype} of shape {vector.shape}")
-    layout, n_features, n_support, gamma, intercept = vector[:_HEADER]
+    if len(data) % 8 or len(data) < 8 * _HEADER:
+        raise ValueError(f"ocsvm-arrays holds whole float64 values, at least {_HEADER}; got {len(data)} bytes")
+    vector = np.frombuffer(data, dtype="<f8")
+    layout, n_features, n_support, gamma, intercept = vector[:_HEADER].tolist()
     if layout != ARRAYS_LAYOUT or n_features < 1 or n_support < 1:
         raise ValueError(f"ocsvm-arrays header is not layout {ARRAYS_LAYOUT} with features and support vectors")
     f, s = int(n_features), int(n_support)
     if len(vector) != _HEADER + 2 * f + s + s * f:
         raise ValueError(f"ocsvm-arrays holds {len(vector)} values, its header announces {_HEADER + 2 * f + s + s * f}")
     body = vector[_HEADER:]
-    if not np.isfinite(vector).all() or gamma <= 0 or (body[f:2 * f] <= 0).any():
+    if not np.isfinite(vector).all() or gamma <= 0 or body[f:2 * f].min() <= 0:
         raise ValueError("ocsvm-arrays holds non-finite values, a gamma <= 0 or a scale <= 0")
     return CompiledOCSVM.from_arrays(body[:f], body[f:2 * f], body[2 * f + s:].reshape(s, f),
                                      body[2 * f:2 * f + s], intercept, gamma)
@@ -103,7 +100,7 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    "ocsvm-arrays": Format(".npy", lambda data, policy: decode_arrays(data)),
+    "ocsvm-arrays": Format(".f64", lambda data, policy: decode_arrays(data)),
     "skops": Format(".skops", _decode_skops),
     "joblib": Format(".joblib", _decode_joblib),
 }

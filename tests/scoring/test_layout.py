@@ -33,11 +33,11 @@ def test_hour_range_is_inclusive_and_refuses_reversed_ranges():
 
 
 def test_model_files_follow_the_layout():
-    assert layout.model_file("v1", "dev-1", None, ".npy") == "models/v=v1/dev-1.npy"
-    assert layout.model_file("v1", "dev-1", "sensor2", ".npy") == "models/v=v1/dev-1/sensor2.npy"
+    assert layout.model_file("v1", "dev-1", None, ".f64") == "models/v=v1/dev-1.f64"
+    assert layout.model_file("v1", "dev-1", "sensor2", ".f64") == "models/v=v1/dev-1/sensor2.f64"
     assert layout.pack_file("v1", 3) == "models/v=v1/packs/pack-00003.zip"
     assert layout.manifest_file("v1") == "models/v=v1/manifest.json"
     with pytest.raises(ValueError):
-        layout.model_file("v1", "../etc", None, ".npy")
+        layout.model_file("v1", "../etc", None, ".f64")
     with pytest.raises(ValueError, match="invalid model version"):
         layout.manifest_file("../v1")

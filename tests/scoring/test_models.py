@@ -43,7 +43,7 @@ def test_a_version_lives_under_its_own_prefix_and_the_pointer_names_it(published
     assert models.live_version(store) == version
     assert models.read_manifest(store) == manifest == json.loads(store.read(layout.manifest_file(version)))
     entry = manifest["models"]["d1"]
-    assert entry["file"] == f"models/v={version}/d1.npy" and store.exists(entry["file"])
+    assert entry["file"] == f"models/v={version}/d1.f64" and store.exists(entry["file"])
     assert entry["format"] == "ocsvm-arrays" and entry["features"] == ["a", "b"]
     assert entry["window"]["start"].startswith("2026-11-27T08") and len(entry["sha256"]) == 64
     assert manifest["packs"][entry["pack"]]["models"] == ["d0", "d1", "d2"]
