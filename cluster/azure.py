@@ -99,8 +99,12 @@ class AzureRunCluster(BoundedStart, AzureVMCluster):
 
 
 def azure_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``fleetscore.cluster.azure`` with keyword overrides (``vm_size`` or ``vm-size``) applied."""
-    merged = dict(setting("cluster.azure"))
+    """``fleetscore.cluster.azure`` with keyword overrides (``vm_size`` or ``vm-size``) applied.
+
+    Keys are made ``kebab-case`` at the top level: dask reads ``DASK_..._RESOURCE_GROUP`` as
+    ``resource_group`` before our defaults (``resource-group``) are merged, and keeps its spelling.
+    """
+    merged = {k.replace("_", "-"): v for k, v in setting("cluster.azure").items()}
     merged.update({k.replace("_", "-"): v for k, v in (overrides or {}).items()})
     return merged
 
@@ -247,7 +251,7 @@ def cluster_keywords(settings: Mapping[str, Any], env: Mapping[str, str]) -> dic
 
 
 def rendered_cloud_init(settings: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> str:
-    """The cloud-init a VM of these checked settings gets when the flow runs with ``environ``.
+    """The cloud-init a VM of these settings (checked first) gets when the flow runs with ``environ``.
 
     It is what root on any VM can read, so it can be reviewed (and is, by the fault
     suite's secrets case) before a first run. Rendered offline by dask-cloudprovider's
@@ -257,6 +261,7 @@ def rendered_cloud_init(settings: Mapping[str, Any], environ: Mapping[str, str] 
     async def render() -> str:
         return AzureVMCluster.get_cloud_init(**cluster_keywords(settings, vm_env(settings, environ)))
 
+    check(settings)
     with restored_dask_config():
         return asyncio.run(render())
 

@@ -7,7 +7,10 @@ its VM classes, the cloud-init and TLS are dask-cloudprovider's and ours.
 import asyncio
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -61,6 +64,16 @@ def test_impossible_azure_settings_are_refused_before_anything_starts(overrides,
         with open_cluster("azure", **(REQUIRED | overrides)):
             pytest.fail("nothing may start")
     assert child_pids() == before
+
+
+def test_settings_from_environment_variables_as_the_readme_writes_them_are_read():
+    # A fresh interpreter: dask reads DASK_* variables at import, before our defaults are merged.
+    names = {f"DASK_FLEETSCORE__CLUSTER__AZURE__{k.upper()}": str(v) for k, v in REQUIRED.items()}
+    shown = subprocess.run(
+        [sys.executable, "-c", "from cluster import azure; s = azure.azure_settings(); azure.check(s); "
+                               "print(s['subscription-id'], s['resource-group'], s['security-group'])"],
+        env=os.environ | names, capture_output=True, text=True, check=True).stdout.split()
+    assert shown == [REQUIRED["subscription_id"], REQUIRED["resource_group"], REQUIRED["security_group"]]
 
 
 def test_the_default_image_is_this_project_at_its_version():
