@@ -62,7 +62,8 @@ def train(args: argparse.Namespace) -> int:
 def score(args: argparse.Namespace) -> int:
     from flows.score import score_fleet
 
-    summary = score_fleet(store=args.store, hour=args.hour, cluster=args.cluster, model_version=args.model_version)
+    summary = score_fleet(store=args.store, hour=args.hour, cluster=args.cluster, model_version=args.model_version,
+                          step=args.step, max_fill=args.max_fill, min_coverage=args.min_coverage)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -174,6 +175,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--hour", help="hour to score, YYYY-MM-DDTHH UTC (default: the last full hour)")
     run.add_argument("--model-version", help="score with this model version, e.g. to compare with an older one "
                      "(default: the live version)")
+    run.add_argument("--step", help="the devices' time grid, e.g. 5s (default: fleetscore.telemetry.step)")
+    run.add_argument("--max-fill", type=int, help="fill a missing tag from its previous reading at most this many "
+                     "steps back (default: fleetscore.telemetry.max-fill)")
+    run.add_argument("--min-coverage", type=float, help="a device with a lower share of complete steps fails "
+                     "(default: fleetscore.telemetry.min-coverage)")
     _add_cluster_option(run)
 
     legacy = command("import-models", import_models,

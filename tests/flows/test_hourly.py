@@ -14,8 +14,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from uuid import UUID
 
@@ -25,17 +27,20 @@ from prefect.client.schemas.filters import (
     ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.schemas.objects import FlowRun
+from prefect.events.worker import EventsWorker
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Scheduled
 
-from flows import cli
+from flows import cli, report, rules
 from flows.backfill import hours_to_score
 from flows.deploy import DEFAULT_CRON, HOURLY
 from flows.score import score_fleet
 from flows.train import train_fleet
-from scoring import layout, predictions, telemetry
+from scoring import alerts, layout, predictions, telemetry
+from scoring.records import Failure
 from scoring.store import Store
 
 from .conftest import prefect_api, stop_group
@@ -177,6 +182,47 @@ def test_every_device_in_alert_emits_an_event_an_automation_can_match(triggered,
     assert sorted(e.resource.id for e in events) == [f"fleetscore.device.{d}" for d in injected]
     assert {e.payload["hour"] for e in events} == {layout.hour_label(scored_hour)}
     assert all(e.payload["models"][0]["longest_run"] >= 3 for e in events)
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    """A notification target on 127.0.0.1: keeps every JSON body it receives."""
+
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_readme_automation_notifies_a_team_of_a_device_in_alert(api, client, tmp_path, scored_hour):
+    server = HTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    block = CustomWebhookNotificationBlock(name="team", url=f"http://127.0.0.1:{server.server_port}/hook",
+                                           json_data={"subject": "{{subject}}", "body": "{{body}}"})
+    block_id = block.save("fleetscore-test-team", overwrite=True)
+    readme = (ROOT / "README.md").read_text()
+    automation = re.search(r"# fleetscore-alerts.yaml[^\n]*\n(.*?)```", readme, re.S)[1]
+    (tmp_path / "alerts.yaml").write_text(automation.replace("<your notification block's id>", str(block_id)))
+    created = subprocess.run([str(Path(sys.executable).with_name("prefect")), "automation", "create",
+                              "--from-file", str(tmp_path / "alerts.yaml")],
+                             env=os.environ | api, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stdout + created.stderr
+    time.sleep(2)  # the server loads new automations into its triggers service
+    device_hours = alerts.device_hours([{**alerts.unscored(Failure("dev-readme", "x"), rules.grid([scored_hour])),
+                                         "status": "scored", "rows": 720, "anomalies": 9, "longest_run": 9,
+                                         "min_score": -3.0, "alert": True}])
+    report.emit_alerts({"hour": layout.hour_label(scored_hour), "predictions": "p"}, device_hours)
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + 60
+    while not _Webhook.received and time.monotonic() < deadline:
+        time.sleep(1)
+    server.shutdown()
+    assert [m["subject"] for m in _Webhook.received] == ["fleetscore: dev-readme needs a look"]
+    assert _Webhook.received[0]["body"].startswith(f"fleetscore.device.alert in {layout.hour_label(scored_hour)}")
 
 
 def test_progress_is_logged_per_batch_from_the_flow_process(triggered, client):
