@@ -31,7 +31,7 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 demo: $(BIN)/.installed
-	$(FLEETSCORE) generate --store $(STORE) --devices $(DEVICES) --hours 3 --end $(HOUR)
+	$(FLEETSCORE) generate --store $(STORE) --devices $(DEVICES) --hours 3 --end $(HOUR) --realistic
 	$(FLEETSCORE) train --store $(STORE) --end $(TRAIN_END) --hours 2
 	$(FLEETSCORE) score --store $(STORE) --hour $(HOUR)
 
@@ -50,11 +50,14 @@ demo-azurite: $(BIN)/.installed node_modules/.installed
 test: $(BIN)/.installed node_modules/.installed
 	$(BIN)/pytest
 
-# fleetscore against the compute floor and the alternatives on one generated fleet (README "Performance").
-# BENCH_ARGS=--quick for 1,000 devices; python -m benchmarks.run --help for every flag.
+# fleetscore against the compute floor and the alternatives on one generated fleet (README "Performance"),
+# then the alerts' precision and recall against injected anomalies, clean and realistic (README "Accuracy").
+# BENCH_ARGS=--quick for 1,000 devices; python -m benchmarks.run --help and benchmarks.accuracy --help for every flag.
 BENCH_ARGS ?=
+ACCURACY_ARGS ?=
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.accuracy $(ACCURACY_ARGS)
 
 # The fault suite alone, with its table (it also runs in `make test`).
 faults: $(BIN)/.installed node_modules/.installed
