@@ -1,5 +1,6 @@
 """LocalCluster lifecycle: whatever happens inside, no scheduler or worker process is left."""
 
+import ipaddress
 import socket
 import threading
 import time
@@ -140,18 +141,23 @@ def test_a_scheduler_this_process_opened_is_joined_without_an_allowlist_entry():
             pass
 
 
-def non_loopback_ipv4() -> str | None:
-    """An IPv4 address of this machine other than loopback, if it has one."""
+def machine_addresses() -> list[tuple[socket.AddressFamily, str]]:
+    """This machine's own IPv4 and IPv6 addresses, less loopback and link-local (those need a scope id)."""
+    found = []
     for addresses in psutil.net_if_addrs().values():
         for address in addresses:
-            if address.family == socket.AF_INET and not address.address.startswith("127."):
-                return address.address
-    return None
+            if address.family in (socket.AF_INET, socket.AF_INET6):
+                ip = ipaddress.ip_address(address.address.split("%")[0])
+                if not (ip.is_loopback or ip.is_link_local):
+                    found.append((address.family, str(ip)))
+    return found
 
 
-def reachable(host: str, port: int) -> bool:
+def reachable(family: socket.AddressFamily, host: str, port: int) -> bool:
     try:
-        socket.create_connection((host, port), timeout=2).close()
+        with socket.socket(family) as probe:
+            probe.settimeout(2)
+            probe.connect((host, port))
     except OSError:
         return False
     return True
@@ -159,13 +165,14 @@ def reachable(host: str, port: int) -> bool:
 
 @pytest.mark.usefixtures("no_leftovers")
 def test_the_local_scheduler_workers_and_dashboard_are_not_reachable_from_the_network():
-    outside = non_loopback_ipv4()
-    if outside is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to try the listeners from")
-    with socket.socket() as control:  # a listener on every interface is reachable there: the probe works
-        control.bind(("0.0.0.0", 0))
-        control.listen()
-        assert reachable(outside, control.getsockname()[1])
+    outside = machine_addresses()
+    if not outside:
+        pytest.skip("this machine has no address but loopback to try the listeners from")
+    for family, host in outside:  # a listener on every interface is reachable there: the probe works
+        with socket.socket(family) as control:
+            control.bind(("0.0.0.0" if family == socket.AF_INET else "::", 0))
+            control.listen()
+            assert reachable(family, host, control.getsockname()[1]), f"the probe cannot reach {host}"
     packaged = DEFAULTS["fleetscore"]["cluster"]["local"]["dashboard-address"]
     with dask.config.set({"fleetscore.cluster.local.dashboard-address": packaged}):  # tests turn it off
         with open_cluster("local") as client:
@@ -174,5 +181,7 @@ def test_the_local_scheduler_workers_and_dashboard_are_not_reachable_from_the_ne
             dashboard = client.cluster.scheduler.http_server.port
             ports = [int(a.rsplit(":", 1)[1]) for a in listeners] + [dashboard]
             assert len(ports) == 4  # scheduler, two workers, dashboard
-            assert all(reachable("127.0.0.1", port) for port in ports)
-            assert [port for port in ports if reachable(outside, port)] == []
+            assert all(reachable(socket.AF_INET, "127.0.0.1", port) for port in ports)
+            open_outside = [(host, port) for family, host in outside for port in ports
+                            if reachable(family, host, port)]
+            assert open_outside == [], f"listening beyond this machine: {open_outside}"
