@@ -6,7 +6,7 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from benchmarks.accuracy import flagged_steps, hours_of, missed_anomalies, rule_alerts, score_alerts, truth
+from benchmarks.accuracy import alerting, flagged_steps, hours_of, missed_anomalies, rule_alerts, score_alerts, truth
 from scoring.alerts import AlertRule
 
 H0 = pd.Timestamp("2026-11-27T10:00Z")
@@ -74,6 +74,7 @@ def test_the_sweep_decides_alerts_from_the_flagged_steps_of_each_device_hour():
                           "device": ["a"] * 5 + ["b"] * 5, "anomaly": [1, 1, 1, 0, 1] + [1, 0, 0, 1, 0]})
     steps = flagged_steps(frame, H0.to_pydatetime())
     assert steps["a"].tolist() == [0, 1, 2, 8] and steps["b"].tolist() == [0, 6]
-    decided = rule_alerts({H0: steps}, AlertRule(3, 6)).set_index("device")["alert"]
-    assert decided.to_dict() == {"a": True, "b": False}
+    decided = rule_alerts({H0: steps}, AlertRule(3, 6))
+    assert decided.set_index("device")["alert"].to_dict() == {"a": True, "b": False}
+    assert alerting(decided) == {("a", H0)}
     assert not rule_alerts({H0: steps}, AlertRule(4, 6))["alert"].any()  # a's fourth step is 8 steps after its first
