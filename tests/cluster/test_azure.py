@@ -122,6 +122,20 @@ def test_the_rendered_cloud_init_of_the_defaults_holds_the_login_and_no_key():
     assert not dask.config.get("distributed.comm.require-encryption", False)
 
 
+def test_adlfs_in_a_container_with_the_default_environment_reads_through_the_vm_identity():
+    # The container's environment exactly as the cloud-init's docker run line sets it, in a fresh
+    # interpreter: adlfs must choose DefaultAzureCredential, whose chain asks the VM's identity (IMDS).
+    line = docker_line(yaml.safe_load(azure.rendered_cloud_init(settings(), FLOW_ENV)))
+    container_env = dict(re.findall(r' -e (\w+)="([^"]*)"', line))
+    chosen = subprocess.run(
+        [sys.executable, "-c", "from adlfs import AzureBlobFileSystem as A; fs = A(skip_instance_cache=True); "
+                               "print(fs.account_url, fs.account_key, fs.sas_token, *(type(c).__name__ "
+                               "for c in fs.sync_credential.credentials))"],
+        env={"PATH": os.environ["PATH"], **container_env}, capture_output=True, text=True, check=True).stdout.split()
+    assert chosen[:3] == ["https://fleet.blob.core.windows.net", "None", "None"]
+    assert "ManagedIdentityCredential" in chosen[3:]
+
+
 def env_names(docker_run: str) -> list[str]:
     """The names of the variables a ``docker run`` line sets (``-e NAME="value"``)."""
     return re.findall(r' -e (\w+)=', docker_run)
