@@ -70,7 +70,8 @@ class AzureSchedulerVM(AzureVMScheduler):
 
     The library's wait calls a blocking ``socket.connect`` in the event loop: on an
     unreachable private IP each try blocks for the OS connect timeout (minutes),
-    during which no start timeout can fire.
+    during which no start timeout can fire (https://github.com/dask/dask-cloudprovider/issues/275,
+    /issues/277). Drop this class when upstream's wait no longer blocks.
     """
 
     async def wait_for_scheduler(self) -> None:
@@ -90,7 +91,9 @@ class AzureRunCluster(BoundedStart, AzureVMCluster):
         super().__init__(**kwargs)
 
     async def _start(self) -> None:
-        self.scheduler_class = AzureSchedulerVM  # AzureVMCluster.__init__ sets its own
+        # AzureVMCluster.__init__ sets its own class and then starts (SpecCluster), so this is the one
+        # seam between the two; goes with AzureSchedulerVM.
+        self.scheduler_class = AzureSchedulerVM
         await super()._start()
 
     def get_tags(self) -> dict[str, str]:
