@@ -21,6 +21,10 @@ COMMIT_MARKER = "_COMMITTED.json"
 ERRORS_FILE = "errors.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 GENERATED = "generated"
+TABLES = "tables"
+TABLE_NAMES = ("predictions", "device_hours", "errors", "quarantine")
+"""The Delta Lake tables of scored hours, in the order an hour's commit writes them (see scoring.tables)."""
+PARTITION_COLUMNS = ("date", "hour")
 
 
 def check_id(value: str, what: str = "device") -> str:
@@ -72,10 +76,15 @@ def hour_label(hour: datetime) -> str:
     return f"{parse_hour(hour):%Y-%m-%dT%H}"
 
 
+def partition_values(hour: datetime) -> dict[str, str]:
+    """An hour's partition columns as strings: ``{"date": "YYYY-MM-DD", "hour": "HH"}``."""
+    hour = parse_hour(hour)
+    return dict(zip(PARTITION_COLUMNS, (f"{hour:%Y-%m-%d}", f"{hour:%H}")))
+
+
 def partition(hour: datetime) -> str:
     """Hive-style partition of an hour: ``date=YYYY-MM-DD/hour=HH``."""
-    hour = parse_hour(hour)
-    return f"date={hour:%Y-%m-%d}/hour={hour:%H}"
+    return "/".join(f"{k}={v}" for k, v in partition_values(hour).items())
 
 
 def telemetry_dir(hour: datetime) -> str:
@@ -99,6 +108,23 @@ def manifest_file(version: str) -> str:
 def signature_file(version: str) -> str:
     """The signature of a version's manifest bytes, when a signing key is configured."""
     return f"{version_dir(version)}/manifest.sig"
+
+
+def table_dir(name: str) -> str:
+    """``tables/<name>``: the root of one Delta Lake table (its ``_delta_log`` and partitions)."""
+    if name not in TABLE_NAMES:
+        raise ValueError(f"unknown table {name!r}: fleetscore's tables are {', '.join(TABLE_NAMES)}")
+    return f"{TABLES}/{name}"
+
+
+def table_file(name: str, hour: datetime, digest: str) -> str:
+    """``tables/<name>/date=.../hour=.../part-<digest>.parquet``: a data file named after its content.
+
+    The same rows give the same name, so a batch run twice writes one file.
+    """
+    if not re.fullmatch(r"[0-9a-f]{16,64}", digest):
+        raise ValueError(f"a data file is named by a hex digest of its content, got {digest!r}")
+    return f"{table_dir(name)}/{partition(hour)}/part-{digest}.parquet"
 
 
 def model_file(version: str, device: str, tag: str | None, suffix: str) -> str:
