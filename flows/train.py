@@ -46,21 +46,24 @@ def refusals(results: list[TrainResult], failures: list[Failure], devices: int, 
     return reasons
 
 
-def _previous(store: Store, key: SigningKey | None) -> models.Manifest | None:
-    """The live manifest, checked like scoring checks it, or ``None`` for a store without one."""
+def keep_previous(store: Store, key: SigningKey | None, version: str, granularity: str, failures: list[Failure],
+                  shard: int) -> tuple[dict, dict, list[Failure], str | None]:
+    """``--allow-partial``: copy the live models of what this run could not fit into ``version``.
+
+    Returns the copied entries, their pack, the models that could not be copied,
+    and the live version they came from (``None`` when there is none, or it has
+    another granularity: then nothing is kept). The live manifest is checked
+    like scoring checks it.
+    """
     try:
-        return models.read_manifest(store, key=key, require_signature=require_signature())
+        previous = models.read_manifest(store, key=key, require_signature=require_signature())
     except FileNotFoundError:
-        return None
-
-
-def _kept_names(previous: models.Manifest, failures: list[Failure], granularity: str) -> list[str]:
-    """Models of the live version for what this run could not fit (a device's every sensor if the device failed)."""
+        return {}, {}, [], None
     if previous["granularity"] != granularity:
-        return []
+        return {}, {}, [], None
     failed = {(f.device, f.tag) for f in failures}
-    return sorted(n for n, e in previous["models"].items()
-                  if (e["device"], e["tag"]) in failed or (e["device"], None) in failed)
+    names = [n for n, e in previous["models"].items() if (e["device"], e["tag"]) in failed or (e["device"], None) in failed]
+    return *models.carry_over(store, previous, names, version, shard), previous["version"]
 
 
 @flow(name="train-fleet", log_prints=True,
@@ -114,19 +117,16 @@ def train_fleet(
     entries = {k: v for r in results for k, v in r.entries.items()}
     packs = {k: v for r in results for k, v in r.packs.items()}
     reasons = refusals(results, failures, len(devices) + invalid, setting("models.max-unfitted-share"))
-    kept: list[str] = []
-    previous = _previous(target, key) if failures and allow_partial else None
-    if previous is not None:
-        carried, pack, unreadable = models.carry_over(target, previous, _kept_names(previous, failures, granularity),
-                                                      version, len(shards))
-        entries, packs, kept = entries | carried, packs | pack, sorted(carried)
-        failures += unreadable
+    carried, pack, unreadable, previous = {}, {}, [], None
+    if failures and allow_partial:
+        carried, pack, unreadable, previous = keep_previous(target, key, version, granularity, failures, len(shards))
+    entries, packs, failures = entries | carried, packs | pack, failures + unreadable
     if (reasons and not allow_partial) or not entries:
         models.discard(target, version)
         raise TrainingRefused(
             f"published nothing, the live models stay: {'; '.join(reasons) or 'no model could be fitted'}. "
-            "The devices are listed above; fix their telemetry and rerun, or pass --allow-partial to keep "
-            "their previous models"
+            "The first of them are listed above; fix their telemetry and rerun, or pass --allow-partial to "
+            "keep their previous models"
         )
     manifest = models.write_manifest(target, version, granularity, layout.span(hours), entries, packs, key)
     models.activate(target, version)
@@ -138,15 +138,15 @@ def train_fleet(
         "models": len(manifest["models"]),
         "packs": len(manifest["packs"]),
         "failed": len(failures),
-        "kept_previous": kept,
+        "kept_previous": sorted(carried),
         "pruned_versions": pruned,
         "manifest": target.url_of(layout.manifest_file(version)),
         "seconds": round(time.perf_counter() - started, 2),
     }
     if reasons:
         logger.warning("published with --allow-partial although %s", "; ".join(reasons))
-    for name in kept:
-        logger.warning("kept the previous model of %s (from version %s)", name, previous["version"])
+    for name in sorted(carried):
+        logger.warning("kept the previous model of %s (from version %s)", name, previous)
     logger.info("trained %(models)d models in %(packs)d packs, %(failed)d failed, %(seconds).1fs; "
                 "version %(version)s is live (%(manifest)s)", summary)
     return summary
