@@ -53,11 +53,13 @@ def _pack(blobs: Mapping[str, bytes]) -> bytes:
 
 
 def _span(window: tuple[datetime, datetime] | None) -> dict[str, str] | None:
+    """A training window as ISO strings for the manifest; ``None`` when unknown (imported models)."""
     return None if window is None else {"start": window[0].isoformat(), "end": window[1].isoformat()}
 
 
 def _entry(version: str, key: ModelKey, fmt: str, data: bytes, features: list[str],
            window: dict[str, str] | None, pack: str) -> dict[str, Any]:
+    """One model's manifest entry: where it is, how it is stored, its digest and what it was fitted on."""
     return {"device": key[0], "tag": key[1], "format": fmt,
             "file": layout.model_file(version, key[0], key[1], FORMATS[fmt].suffix),
             "sha256": sha256(data), "features": list(features), "sklearn_version": sklearn.__version__,
@@ -95,6 +97,7 @@ def _write_pack(store: Store, pack_path: str, entries: Mapping[str, dict[str, An
 
 
 def _member(name: str, entry: Mapping[str, Any]) -> str:
+    """A model's name inside its pack: the manifest name with its format's suffix."""
     return f"{name}{FORMATS[entry['format']].suffix}"
 
 

@@ -104,7 +104,7 @@ def _scalar(dtype: Any, raw: Any) -> Any:
 
 
 KNOWN: dict[tuple[str, str], Any] = {
-    **{("sklearn.pipeline", "Pipeline"): _Pipeline},
+    ("sklearn.pipeline", "Pipeline"): _Pipeline,
     **{(m, "StandardScaler"): _StandardScaler for m in ("sklearn.preprocessing.data", "sklearn.preprocessing._data")},
     **{(m, "OneClassSVM"): _OneClassSVM for m in ("sklearn.svm.classes", "sklearn.svm._classes")},
     **{(m, "_reconstruct"): _reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},

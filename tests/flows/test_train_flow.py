@@ -4,7 +4,7 @@ import pytest
 
 from flows import cli
 from flows.train import TrainingRefused, train_fleet
-from scoring import layout, models, telemetry
+from scoring import layout, models, predictions, telemetry
 from scoring.store import Store
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
@@ -54,6 +54,17 @@ def test_allow_partial_keeps_the_previous_models_of_what_it_could_not_fit(traine
     kept = manifest["models"]["dev-00004"]
     assert kept["carried_from"] == first["version"] and kept["sha256"] == previous["models"]["dev-00004"]["sha256"]
     assert manifest["models"]["dev-00000"].get("carried_from") is None
+
+
+def test_score_can_pin_an_older_version(trained, train_hours, scored_hour, write_fleet, capsys):
+    store, first = trained
+    second = train(store, train_hours, gamma=0.5)
+    assert models.live_version(store) == second["version"]
+    hour = layout.hour_label(scored_hour)
+    assert cli.main(["score", "--store", store.url, "--hour", hour, "--model-version", first["version"]]) == 0
+    assert predictions.committed(store, scored_hour)["model_version"] == first["version"]
+    assert set(predictions.read_predictions(store, scored_hour)["model_sha256"]) == {
+        e["sha256"] for e in models.read_manifest(store, first["version"])["models"].values()}
 
 
 def test_lost_shards_refuse_and_the_command_exits_non_zero(trained, train_hours, capsys):
