@@ -92,10 +92,12 @@ def main() -> None:
             "decode_arrays (ocsvm-arrays)": per_model_ms(lambda: len([decode_arrays(d) for d in arrays]), args.repeat),
             "load_models from packs, local store": per_model_ms(through_packs, args.repeat),
         }
-    sizes = {"joblib bytes": int(np.mean([len(d) for d in dumped])), "arrays bytes": int(np.mean([len(d) for d in arrays]))}
+    sizes = {"joblib bytes": int(np.mean([len(d) for d in dumped])),
+             "arrays bytes": int(np.mean([len(d) for d in arrays]))}
     for name, ms in rows.items():
         print(f"{name:40s} {ms:8.4f} ms/model")
-    print(f"mean size: {sizes}; joblib.load / decode_arrays = {rows['joblib.load (pickle, before)'] / rows['decode_arrays (ocsvm-arrays)']:.0f}x")
+    ratio = rows["joblib.load (pickle, before)"] / rows["decode_arrays (ocsvm-arrays)"]
+    print(f"mean size: {sizes}; joblib.load / decode_arrays = {ratio:.0f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"models": args.models, "ms_per_model": rows, "mean_size": sizes}, indent=1))
 

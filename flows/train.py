@@ -62,7 +62,8 @@ def keep_previous(store: Store, key: SigningKey | None, version: str, granularit
     if previous["granularity"] != granularity:
         return {}, {}, [], None
     failed = {(f.device, f.tag) for f in failures}
-    names = [n for n, e in previous["models"].items() if (e["device"], e["tag"]) in failed or (e["device"], None) in failed]
+    names = [n for n, e in previous["models"].items()
+             if (e["device"], e["tag"]) in failed or (e["device"], None) in failed]  # a failed device: all its sensors
     return *models.carry_over(store, previous, names, version, shard), previous["version"]
 
 

@@ -150,7 +150,8 @@ def _parameters(pipeline: Any) -> tuple[CompiledOCSVM, str]:
     if not (scaler.state.get("with_mean", True) and scaler.state.get("with_std", True)):
         raise ValueError("scales without mean or without std, which the array format does not hold")
     if svm.state.get("kernel") != "rbf" or svm.state.get("_sparse"):
-        raise ValueError(f"has kernel {svm.state.get('kernel')!r}{' on sparse data' if svm.state.get('_sparse') else ''}; "
+        sparse = " on sparse data" if svm.state.get("_sparse") else ""
+        raise ValueError(f"has kernel {svm.state.get('kernel')!r}{sparse}; "
                          "only dense RBF models are imported")
     gamma = svm.state.get("_gamma", svm.state.get("gamma"))
     if not isinstance(gamma, (int, float)):
