@@ -207,3 +207,19 @@ def test_carry_over_copies_previous_models_into_the_new_version(tmp_path):
     X = np.random.default_rng(3).normal(size=(4, 2))
     assert failures == []
     np.testing.assert_allclose(loaded["d1"].decision_function(X), fitted[("d1", None)].decision_function(X), atol=1e-12)
+
+
+def test_a_compressed_pack_is_read_through_zipfile(published):
+    store, manifest, fitted = published
+    pack = manifest["models"]["d0"]["pack"]
+    with zipfile.ZipFile(io.BytesIO(store.read(pack))) as stored:
+        members = {m: stored.read(m) for m in stored.namelist()}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as deflated:
+        for member, content in members.items():
+            deflated.writestr(member, content)
+    store.write(pack, buffer.getvalue())
+    manifest["packs"][pack]["sha256"] = sha256(buffer.getvalue())
+    store.remove([manifest["models"]["d0"]["file"]])  # so the model can only come from the pack
+    loaded, failures = models.load_models(store, manifest, ["d0"])
+    assert failures == [] and loaded["d0"].intercept == fitted[("d0", None)].steps[1][1].intercept_[0]
