@@ -58,6 +58,7 @@ ACCURACY_ARGS ?=
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.accuracy $(ACCURACY_ARGS)
+	$(BIN)/python -m benchmarks.model_load   # load cost a model: joblib pickles against the code-free arrays
 
 # The fault suite alone, with its table (it also runs in `make test`).
 faults: $(BIN)/.installed node_modules/.installed
