@@ -43,6 +43,7 @@ from scoring import alerts, layout, predictions, telemetry
 from scoring.records import Failure
 from scoring.store import Store
 
+from ..conftest import TIDY_ALERT_RULE
 from .conftest import prefect_api, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,8 @@ SMALL_CLUSTER_ENV = {  # the served runs' clusters, as tests/conftest.py configu
     "DASK_FLEETSCORE__CLUSTER__LOCAL__DASHBOARD_ADDRESS": "None",
     "DASK_FLEETSCORE__CLUSTER__LOCAL__MEMORY_LIMIT": "2GiB",
     "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    "DASK_FLEETSCORE__ALERT__ANOMALOUS_STEPS": str(TIDY_ALERT_RULE["anomalous-steps"]),
+    "DASK_FLEETSCORE__ALERT__WITHIN_STEPS": str(TIDY_ALERT_RULE["within-steps"]),
 }
 
 
