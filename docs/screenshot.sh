@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Takes docs/run-page.png (a finished score-fleet run in the Prefect UI) and docs/run-anomaly-map.png
-# (that run's anomaly picture artifact) from a throwaway local Prefect server and a generated fleet.
+# Takes docs/run-page.png (a finished score-fleet run in the Prefect UI), docs/run-summary.png (its
+# summary artifact, which leads with the devices in alert) and docs/run-anomaly-map.png (its anomaly
+# picture artifact) from a throwaway local Prefect server and a realistic generated fleet of 60 devices.
 # Needs .venv (`make demo` builds it) and Debian's chromium (`apt-get install -y chromium`).
 # Run from anywhere: docs/screenshot.sh. CI does not run it; rerun it when the UI or artifacts change.
 set -euo pipefail
@@ -21,7 +22,7 @@ server=$!
 trap 'kill -- -$server 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 120); do curl -sf "$PREFECT_API_URL/health" > /dev/null && break; sleep 1; done
 
-"$BIN/fleetscore" generate --store "$work/store" --devices 60 --hours 3 --end $HOUR --anomaly-rate 0.2
+"$BIN/fleetscore" generate --store "$work/store" --devices 60 --hours 3 --end $HOUR --realistic
 "$BIN/fleetscore" train --store "$work/store" --end $TRAIN_END --hours 2 > /dev/null
 "$BIN/fleetscore" score --store "$work/store" --hour $HOUR > /dev/null
 
@@ -32,12 +33,12 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 
 with get_client(sync_client=True) as client:
     (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [f"score-{sys.argv[1]}"]}))
-    key = f"score-{sys.argv[1].lower()}-anomaly-map"
-    (picture,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    print(run.id, picture.id)
+    keys = [f"score-{sys.argv[1].lower()}-{name}" for name in ("summary", "anomaly-map")]
+    found = {a.key: a.id for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+    print(run.id, *(found[k] for k in keys))
 PY
 )
-read -r run artifact <<< "$ids"
+read -r run summary artifact <<< "$ids"
 
 shot() {  # shot FILE URL: a headless, sandbox-free Chromium that keeps no state and calls nowhere
   chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
@@ -45,5 +46,6 @@ shot() {  # shot FILE URL: a headless, sandbox-free Chromium that keeps no state
     --virtual-time-budget=20000 --window-size=1400,1100 --screenshot="$1" "$2" 2> /dev/null
 }
 shot docs/run-page.png "http://127.0.0.1:$port/runs/flow-run/$run"
+shot docs/run-summary.png "http://127.0.0.1:$port/artifacts/artifact/$summary"
 shot docs/run-anomaly-map.png "http://127.0.0.1:$port/artifacts/artifact/$artifact"
-echo "docs/run-page.png and docs/run-anomaly-map.png taken from run $run"
+echo "docs/run-page.png, docs/run-summary.png and docs/run-anomaly-map.png taken from run $run"
