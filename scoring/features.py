@@ -54,10 +54,10 @@ def validate(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _timestamps(values: pd.Series) -> pd.Series:
-    """UTC timestamps; what cannot be read as one becomes NaT."""
+    """UTC timestamps in nanoseconds, whatever unit a file used; what cannot be read as one becomes NaT."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        return pd.to_datetime(values, utc=True)
-    return pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+        return pd.to_datetime(values, utc=True).dt.as_unit("ns")
+    return pd.to_datetime(values, utc=True, errors="coerce", format="mixed").dt.as_unit("ns")
 
 
 def _numbers(values: pd.Series) -> pd.Series:

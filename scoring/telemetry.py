@@ -174,7 +174,8 @@ def read_rows(store: Store, files: Sequence[str], devices: Sequence[str] | None 
     Quarantined rows carry a ``reason`` and their ``file``. Raises
     :class:`UnreadableFile` when a file cannot be read as telemetry at all.
     """
-    good, bad = [], []
+    nothing = validate(pd.DataFrame(columns=list(LONG_COLUMNS)))  # the frames' types when there are no files
+    good, bad = [nothing[0]], [nothing[1].assign(file="")]
     for rel in files:
         with _parse_errors(rel):
             valid, quarantined = validate(_read_file(store, rel, devices))
@@ -182,8 +183,8 @@ def read_rows(store: Store, files: Sequence[str], devices: Sequence[str] | None 
         bad.append(quarantined.assign(file=rel))
     rows = pd.concat(good, ignore_index=True)
     # Each row's file, as a category: rows quarantined later (outside the hour, conflicts) still name it.
-    codes = np.repeat(np.arange(len(good)), [len(g) for g in good])
-    rows["file"] = pd.Categorical.from_codes(codes, categories=list(files)) if len(files) else []
+    codes = np.repeat(np.arange(len(files)), [len(g) for g in good[1:]])
+    rows["file"] = pd.Categorical.from_codes(codes, categories=list(files))
     return rows, pd.concat(bad, ignore_index=True)
 
 

@@ -69,3 +69,10 @@ def test_inputs_are_listed_with_size_and_version(any_store, hour_frame):
     telemetry.write_hour(any_store, HOUR, hour_frame.head(100))
     (again,) = telemetry.scan_hour(any_store, HOUR).files
     assert again.version != entry.version or again.size != entry.size
+
+
+def test_an_hour_whose_every_file_is_unreadable_reads_as_no_rows(any_store):
+    any_store.write(f"{layout.telemetry_dir(HOUR)}/empty.parquet", b"")
+    rows = telemetry.read_hour(any_store, HOUR)
+    assert rows.empty and list(rows.columns) == ["ts", "device", "tag", "value"]
+    assert str(rows["ts"].dtype) == "datetime64[ns, UTC]"
