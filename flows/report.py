@@ -29,7 +29,19 @@ class TooManyFailures(RuntimeError):
 
 def device_hours(results: Sequence[BatchResult]) -> pd.DataFrame:
     """The hour's per-device-hour rows over all batches (one per model; see :mod:`scoring.alerts`)."""
-    return alerts.device_hours([row for r in results for row in r.device_hours.to_dict("records")])
+    frames = [alerts.device_hours([]), *(r.device_hours for r in results)]  # typed even with no batch
+    return pd.concat(frames, ignore_index=True).sort_values(["device", "tag"], ignore_index=True)
+
+
+def _records(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """The alert columns of some device-hours as JSON-ready records (missing values as ``None``)."""
+    shown = rows[list(ALERT_COLUMNS)].astype(object)
+    return shown.where(shown.notna(), None).to_dict("records")
+
+
+def _named(devices: list[str]) -> str:
+    """The first devices of a list, for a one-line summary field."""
+    return ", ".join(devices[:ALERTS_NAMED]) + (" ..." if len(devices) > ALERTS_NAMED else "")
 
 
 def in_alert(device_hours: pd.DataFrame) -> pd.DataFrame:
@@ -56,17 +68,18 @@ def summary(store: Store, hour: datetime, marker: dict[str, Any], failures: Sequ
     return {
         "hour": layout.hour_label(hour),
         "devices_in_alert": len(alerting),
-        "alerts": ", ".join(alerting[:ALERTS_NAMED]) + (" ..." if len(alerting) > ALERTS_NAMED else ""),
+        "alerts": _named(alerting),
         "devices_silent": len(quiet),
-        "silent": ", ".join(quiet[:ALERTS_NAMED]) + (" ..." if len(quiet) > ALERTS_NAMED else ""),
+        "silent": _named(quiet),
         "devices_scored": int(scored["device"].nunique()),
-        "devices_failed": len({f.device for f in failures} - set(quiet)),
+        "devices_failed": len({f.device for f in failures if f.device is not None} - set(quiet)),
+        "files_unreadable": sum(f.device is None for f in failures),
         "mean_coverage": round(float(scored["coverage"].mean()), 4) if len(scored) else 0.0,
         "quarantined_rows": marker["quarantined_rows"],
         "models_scored": marker["models_scored"],
         "rows": marker["rows"],
         "anomalous_rows": marker["anomalies"],
-        "predictions": store.url_of(layout.predictions_dir(hour)),
+        "predictions": store.url_of(layout.table_dir("predictions")),
         "seconds": round(seconds, 2),
         "largest_cluster_workers": peak_workers,
         "dashboard": dashboard,
@@ -95,7 +108,7 @@ def _markdown(summary: dict[str, Any], device_hours: pd.DataFrame, failures: Seq
              f"**{summary['devices_in_alert']} devices in alert, {summary['devices_silent']} silent** "
              f"of {summary['devices_scored'] + summary['devices_failed'] + summary['devices_silent']}.", ""]
     if len(alerting):
-        lines += [f"## In alert ({len(alerting)})", "", "| " + " | ".join(ALERT_COLUMNS) + " |",
+        lines += [f"## In alert ({summary['devices_in_alert']} devices)", "", "| " + " | ".join(ALERT_COLUMNS) + " |",
                   "|" + "---|" * len(ALERT_COLUMNS)]
         lines += ["| " + " | ".join(_value(row[c]) for c in ALERT_COLUMNS) + " |"
                   for row in alerting.head(TOP_DEVICES).to_dict("records")]
@@ -138,9 +151,7 @@ def publish(summary: dict[str, Any], device_hours: pd.DataFrame, failures: Seque
     key = f"score-{summary['hour'].lower().replace(':', '-')}"
     create_markdown_artifact(_markdown(summary, device_hours, failures), key=f"{key}-summary",
                              description=f"Fleet scoring summary for {summary['hour']}")
-    top = in_alert(device_hours).head(TOP_DEVICES)[list(ALERT_COLUMNS)]
-    create_table_artifact(top.astype(object).where(top.notna(), None).to_dict("records"),
-                          key=f"{key}-devices-in-alert",
+    create_table_artifact(_records(in_alert(device_hours).head(TOP_DEVICES)), key=f"{key}-devices-in-alert",
                           description=f"Devices in alert in {summary['hour']}")
     if picture:
         create_markdown_artifact(picture, key=f"{key}-anomaly-map",
@@ -156,9 +167,7 @@ def emit_alerts(summary: dict[str, Any], device_hours: pd.DataFrame) -> None:
             emit_event(
                 event=f"fleetscore.device.{kind}",
                 resource={"prefect.resource.id": f"fleetscore.device.{device}", "prefect.resource.name": device},
-                payload={"hour": summary["hour"], "predictions": summary["predictions"],
-                         "models": group[list(ALERT_COLUMNS)].astype(object).where(group[list(ALERT_COLUMNS)].notna(), None)
-                         .to_dict("records")},
+                payload={"hour": summary["hour"], "predictions": summary["predictions"], "models": _records(group)},
             )
 
 

@@ -149,6 +149,8 @@ def test_messy_delivery_loses_nothing_and_leaves_other_devices_unchanged(case, c
     assert errors["device"].isna().all() and set(named) == set(expected.unreadable)
     for name, reason in expected.unreadable.items():
         assert reason in named[name], named[name]
+    summary = state.result()
+    assert (summary["devices_failed"], summary["files_unreadable"]) == (0, len(expected.unreadable))
     assert read_inputs_runs(state.state_details.flow_run_id) == 1  # a bad file is not retried
     lost, dupes = accounting(store, scored_hour, set(device_ids(DEVICES)))
     assert (lost, dupes) == (0, 0)
