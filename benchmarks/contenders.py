@@ -63,8 +63,8 @@ class Outcome:
 
 
 def fresh_predictions(bench: Bench) -> None:
-    """Remove the hour's predictions: part files are content-addressed, and one already there is not rewritten."""
-    folder = bench.store.path(layout.predictions_dir(bench.hour))
+    """Remove the tables: data files are content-addressed, and one already there is not rewritten."""
+    folder = bench.store.path(layout.TABLES)
     if bench.store.fs.exists(folder):
         bench.store.fs.rm(folder, recursive=True)
 

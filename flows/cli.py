@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from cluster.clusters import KINDS
 from cluster.config import setting
-from scoring import layout, models, seed_models, telemetry
+from scoring import layout, models, seed_models, tables, telemetry
 from scoring.generate import device_ids, generate_hour
 from scoring.realistic import DUPLICATES, JITTER_SECONDS, LATE, LOSS, Delivery, realistic_hour
 from scoring.store import Store, parquet_bytes
@@ -110,6 +110,28 @@ def backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def history(args: argparse.Namespace) -> int:
+    """The table versions that committed ``--hour``, newest first, with the run and model version of each."""
+    hour = layout.parse_hour(args.hour)
+    rows = tables.history(Store(args.store), hour)
+    if not rows:
+        print(f"fleetscore history: {layout.hour_label(hour)} was never committed to "
+              f"{Store(args.store).url_of(layout.table_dir('predictions'))}", file=sys.stderr)
+        return 1
+    print(f"{'version':>7}  {'committed (UTC)':<19}  {'claim':>5}  {'rows':>9}  {'model version':<20}  flow run")
+    for row in rows:
+        print(f"{row['version']:>7}  {row['timestamp']:%Y-%m-%d %H:%M:%S}  {row['claim']:>5}  {row['table_rows']:>9,}  "
+              f"{row.get('model_version', '-'):<20}  {row.get('flow_run_id', '-')}")
+    return 0
+
+
+def maintain(args: argparse.Namespace) -> int:
+    from flows.maintenance import maintain_tables
+
+    print(json.dumps(maintain_tables(store=args.store, days=args.days, retention=args.retention), indent=1))
+    return 0
+
+
 def _add_cluster_option(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--cluster", choices=KINDS, help="cluster kind (default: fleetscore.cluster.kind)")
 
@@ -203,6 +225,15 @@ def parser() -> argparse.ArgumentParser:
     fill.add_argument("--changed", action="store_true",
                       help="also rescore committed hours whose telemetry files changed since (late or re-sent files)")
     _add_run_options(fill)
+
+    versions = command("history", history, "list the table versions that committed an hour: when, by which flow run, "
+                       "with which model version (the latest is what readers see)")
+    versions.add_argument("--hour", required=True, help="hour, YYYY-MM-DDTHH UTC")
+
+    tidy = command("maintain", maintain, "compact the tables' small files of the last days, then vacuum")
+    tidy.add_argument("--days", type=int, help="past days to compact (default: fleetscore.tables.compact-days)")
+    tidy.add_argument("--retention", help="keep replaced files younger than this, e.g. 7d "
+                      "(default: fleetscore.tables.vacuum-retention)")
 
     clean = commands.add_parser("sweep", help="delete the Azure VMs, NICs, disks and public IPs crashed runs left",
                                 description="delete the Azure VMs, NICs, disks and public IPs crashed runs left, "

@@ -1,7 +1,8 @@
-"""Deployments of fleetscore's flows: ``score-fleet`` every hour, ``backfill-fleet`` on demand.
+"""Deployments of fleetscore's flows: ``score-fleet`` every hour, ``backfill-fleet`` on demand,
+``maintain-tables`` every night.
 
-``fleetscore serve`` serves both from one process (no work pool needed);
-``prefect.yaml`` declares the same two for a Docker work pool.
+``fleetscore serve`` serves them from one process (no work pool needed);
+``prefect.yaml`` declares the same three for a Docker work pool.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 
 from flows.backfill import backfill_fleet
+from flows.maintenance import maintain_tables
 from flows.score import score_fleet
 
 HOURLY = "hourly"
 BACKFILL = "on-demand"
+NIGHTLY = "nightly"
 DEFAULT_CRON = "5 * * * *"
 """Five minutes past each hour, in UTC: late telemetry of the hour that just ended has landed."""
+MAINTENANCE_CRON = "35 2 * * *"
+"""02:35 UTC: away from the hourly runs' commits, after the day before has been scored."""
 TAGS = ["fleetscore"]
 
 
@@ -52,6 +57,15 @@ def on_demand(**parameters: Any) -> RunnerDeployment:
     )
 
 
+def nightly(store: str | None = None) -> RunnerDeployment:
+    """``maintain-tables`` once a day: compact the days before, vacuum (``fleetscore.tables``)."""
+    return maintain_tables.to_deployment(
+        NIGHTLY, schedules=[Cron(MAINTENANCE_CRON, timezone="UTC")], parameters=_given({"store": store}), tags=TAGS,
+        description="Compacts the tables' small files of the days before and vacuums files no version needs.",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
 def serve_fleet(cron: str | None = None, **parameters: Any) -> None:
-    """Register both deployments and run their flow runs from this process until interrupted."""
-    serve(hourly(cron, **parameters), on_demand(**parameters))
+    """Register the three deployments and run their flow runs from this process until interrupted."""
+    serve(hourly(cron, **parameters), on_demand(**parameters), nightly(parameters.get("store")))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
@@ -17,6 +18,7 @@ from cluster.hooks import delete_run_cluster
 from flows import report, rules
 from flows.dispatch import run_batches
 from flows.hours import score_run_name, target_hour
+from flows.limits import one_run_per_hour
 from flows.progress import BatchProgress
 from flows.trust import model_policy, require_signature, signing_key
 from scoring import layout, models, predictions, telemetry
@@ -50,8 +52,9 @@ def read_inputs(store: Store, hour: datetime, model_version: str | None) -> tupl
 @task(**STORAGE_RETRIES)
 def commit_hour(store: Store, hour: datetime, model_version: str, results: list[BatchResult], failures: list[Failure],
                 scan: telemetry.HourScan) -> dict[str, Any]:
-    """Write the errors, quarantine and device-hour files and the commit marker: the hour becomes visible at once."""
+    """Replace the hour in every table (predictions, device hours, errors, quarantine), recording this run."""
     stats = {
+        "flow_run_id": flow_run.id,
         "model_version": model_version,
         "models_scored": sum(r.scored for r in results),
         "rows": sum(r.rows for r in results),
@@ -61,12 +64,12 @@ def commit_hour(store: Store, hour: datetime, model_version: str, results: list[
     parts = [r.part for r in results if r.part]
     quarantined = [telemetry.anonymous_rows(store, scan.paths), *(r.quarantined for r in results)]
     return predictions.commit(store, hour, parts, failures, stats, quarantined,
-                              report.device_hours(results), scan.files)
+                              report.device_hours(results), scan.files, setting("tables.commit-attempts"))
 
 
 @task(**STORAGE_RETRIES)
 def read_anomalies(store: Store, hour: datetime) -> pd.DataFrame:
-    """The committed hour's ``ts, device, anomaly`` columns, for the picture (read through the marker)."""
+    """The committed hour's ``ts, device, anomaly`` columns, for the picture (read from the table)."""
     return predictions.read_predictions(store, hour)[["ts", "device", "anomaly"]]
 
 
@@ -135,28 +138,29 @@ def score_fleet(
     logger = get_run_logger()
     target = Store(setting("store", store))
     when = target_hour(hour)
-    grid = rules.grid([when], step, max_fill, min_coverage)
-    manifest, scan = read_inputs(target, when, model_version)
-    check_granularity(manifest, granularity)
-    failures = scan.unreadable + unmodelled(scan.devices, manifest)
-    for failure in scan.unreadable:
-        logger.warning("unreadable telemetry file, the rest of the hour is scored: %s", failure)
-    batches = plan(manifest)
-    logger.info("scoring %s: %d models in %d batches, %d devices reporting in %d files",
-                layout.hour_label(when), len(manifest["models"]), len(batches), len(scan.devices), len(scan.files))
-    with open_cluster(cluster, address=address, adapt=adapt_bounds(adapt_minimum, adapt_maximum)) as client:
-        logger.info("Dask dashboard: %s", client.dashboard_link)
-        policy = model_policy()
-        jobs = [(f"{layout.hour_label(when)}-{i:05d}",
-                 (target, grid, models.manifest_slice(manifest, names), scan.paths, rules.alert_rule(), policy))
-                for i, names in enumerate(batches)]
-        with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
-            results = run_batches(client, score_batch, jobs,
-                                  lambda i, exc: _lost_batch(manifest, batches[i], exc), logger,
-                                  retries=setting("scoring.batch-retries"), on_done=progress.update)
-        dashboard = client.dashboard_link
-    failures += [f for r in results for f in r.failures]
-    marker = commit_hour(target, when, manifest["version"], results, failures, scan)
+    with one_run_per_hour(when):  # runs of one hour queue: hourly, backfill, manual rerun (flows/limits.py)
+        grid = rules.grid([when], step, max_fill, min_coverage)
+        manifest, scan = read_inputs(target, when, model_version)
+        check_granularity(manifest, granularity)
+        failures = scan.unreadable + unmodelled(scan.devices, manifest)
+        for failure in scan.unreadable:
+            logger.warning("unreadable telemetry file, the rest of the hour is scored: %s", failure)
+        batches = plan(manifest)
+        logger.info("scoring %s: %d models in %d batches, %d devices reporting in %d files", layout.hour_label(when),
+                    len(manifest["models"]), len(batches), len(scan.devices), len(scan.files))
+        with open_cluster(cluster, address=address, adapt=adapt_bounds(adapt_minimum, adapt_maximum)) as client:
+            logger.info("Dask dashboard: %s", client.dashboard_link)
+            policy = model_policy()
+            jobs = [(f"{layout.hour_label(when)}-{i:05d}",
+                     (target, grid, models.manifest_slice(manifest, names), scan.paths, rules.alert_rule(), policy))
+                    for i, names in enumerate(batches)]
+            with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
+                results = run_batches(client, score_batch, jobs,
+                                      lambda i, exc: _lost_batch(manifest, batches[i], exc), logger,
+                                      retries=setting("scoring.batch-retries"), on_done=progress.update)
+            dashboard = client.dashboard_link
+        failures += [f for r in results for f in r.failures]
+        marker = commit_hour(target, when, manifest["version"], results, failures, scan)
     device_hours = report.device_hours(results)
     summary = report.summary(target, when, marker, failures, device_hours, time.perf_counter() - started,
                              dashboard, progress.peak_workers)

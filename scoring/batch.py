@@ -27,6 +27,7 @@ from scoring.predict import predict, predictions_frame
 from scoring.layout import check_id
 from scoring.records import Failure, key_name, parse_key
 from scoring.store import Store
+from scoring.tables import DataFile
 
 
 @dataclass
@@ -39,7 +40,7 @@ class BatchResult:
     """
 
     names: list[str]
-    part: str | None = None
+    part: DataFile | None = None
     rows: int = 0
     failures: list[Failure] = field(default_factory=list)
     device_hours: pd.DataFrame = field(default_factory=lambda: alerts.device_hours([]))

@@ -14,12 +14,8 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 TELEMETRY = "telemetry"
 MODELS = "models"
-PREDICTIONS = "predictions"
 MODELS_LIVE = f"{MODELS}/live.json"
 """The pointer to the live model version: the only model file ever overwritten, and written last."""
-COMMIT_MARKER = "_COMMITTED.json"
-ERRORS_FILE = "errors.parquet"
-QUARANTINE_FILE = "quarantine.parquet"
 GENERATED = "generated"
 TABLES = "tables"
 TABLE_NAMES = ("predictions", "device_hours", "errors", "quarantine")
@@ -91,10 +87,6 @@ def telemetry_dir(hour: datetime) -> str:
     return f"{TELEMETRY}/{partition(hour)}"
 
 
-def predictions_dir(hour: datetime) -> str:
-    return f"{PREDICTIONS}/{partition(hour)}"
-
-
 def version_dir(version: str) -> str:
     """``models/v=<version>``: everything of one model version, written once, never rewritten."""
     return f"{MODELS}/v={check_id(version, 'model version')}"
@@ -117,6 +109,11 @@ def table_dir(name: str) -> str:
     return f"{TABLES}/{name}"
 
 
+def table_partition(name: str, hour: datetime) -> str:
+    """``tables/<name>/date=.../hour=...``: the folder of an hour's data files, committed or not."""
+    return f"{table_dir(name)}/{partition(hour)}"
+
+
 def table_file(name: str, hour: datetime, digest: str) -> str:
     """``tables/<name>/date=.../hour=.../part-<digest>.parquet``: a data file named after its content.
 
@@ -124,7 +121,7 @@ def table_file(name: str, hour: datetime, digest: str) -> str:
     """
     if not re.fullmatch(r"[0-9a-f]{16,64}", digest):
         raise ValueError(f"a data file is named by a hex digest of its content, got {digest!r}")
-    return f"{table_dir(name)}/{partition(hour)}/part-{digest}.parquet"
+    return f"{table_partition(name, hour)}/part-{digest}.parquet"
 
 
 def model_file(version: str, device: str, tag: str | None, suffix: str) -> str:

@@ -1,43 +1,37 @@
-"""Committing an hour of predictions atomically (``predictions/date=.../hour=.../``).
+"""An hour's results as rows of the Delta Lake tables (``tables/<name>``, see :mod:`scoring.tables`).
 
-Batches write content-addressed part files (``part-<sha256[:16]>.parquet``), so
-the same input always gives the same names and bytes. The hour becomes visible
-only when its commit marker, which lists those files, is written; that write
-is atomic. Readers go through the marker, so they see the previous complete
-hour or the new one, never a mix, and files a crashed run left behind are
-invisible until the next commit removes them.
+Batches write their predictions as data files into the predictions table's
+partition of the hour (:func:`write_part`), invisible to every reader. The
+flow's :func:`commit` writes the hour's errors, quarantine and device-hour rows
+and replaces the hour in every table, one transaction per table, recording the
+run (flow run id, model version, counts, the telemetry files read) in the
+commits. Readers see the previous complete hour or the new one, never a mix;
+files of a run that crashed before its commit are never read, and vacuum
+removes them.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 
-from scoring import alerts, layout
+from scoring import alerts, tables
+from scoring.predict import predictions_frame
 from scoring.records import QUARANTINE_COLUMNS, Failure
-from scoring.store import Store, parquet_bytes, sha256
+from scoring.store import Store
+from scoring.tables import DataFile
 from scoring.telemetry import InputFile
 
 ERROR_COLUMNS = ("device", "tag", "file", "reason")
 
 
-def _write_addressed(store: Store, hour: datetime, prefix: str, frame: pd.DataFrame) -> str:
-    data = parquet_bytes(frame)
-    rel = f"{layout.predictions_dir(hour)}/{prefix}-{sha256(data)[:16]}.parquet"
-    if not store.exists(rel):
-        store.write(rel, data)
-    return rel
-
-
-def write_part(store: Store, hour: datetime, frame: pd.DataFrame) -> str:
-    """Write one batch's predictions (not yet visible); return its layout path."""
-    return _write_addressed(store, hour, "part", frame)
+def write_part(store: Store, hour: datetime, frame: pd.DataFrame) -> DataFile:
+    """Write one batch's predictions into the hour's partition (not yet visible); return the file."""
+    return tables.write_file(store, "predictions", hour, frame)
 
 
 def errors_frame(failures: Sequence[Failure]) -> pd.DataFrame:
@@ -54,80 +48,63 @@ def quarantine_frame(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame:
     return rows[columns].astype("string").sort_values(columns, ignore_index=True)
 
 
-def commit(store: Store, hour: datetime, parts: Sequence[str], failures: Sequence[Failure],
-           stats: dict[str, int], quarantined: Sequence[pd.DataFrame] = (),
-           device_hours: pd.DataFrame | None = None, inputs: Sequence[InputFile] = ()) -> dict[str, Any]:
-    """Make the hour visible: write its errors and quarantine files, then the marker, then drop leftovers.
+def commit(store: Store, hour: datetime, parts: Sequence[DataFile], failures: Sequence[Failure],
+           stats: Mapping[str, Any], quarantined: Sequence[pd.DataFrame] = (),
+           device_hours: pd.DataFrame | None = None, inputs: Sequence[InputFile] = (),
+           attempts: int = 10) -> dict[str, Any]:
+    """Replace the hour in every table with the batches' parts and the flow's own rows.
 
-    Refuses (``RuntimeError``) when a part a batch reported is not in storage: a
-    marker must never list a file readers cannot find.
+    Args:
+        store: the store holding the tables.
+        hour: the hour committed.
+        parts: the predictions files the batches wrote (:func:`write_part`).
+        failures: failed devices, the hour's errors table rows.
+        stats: counts, model version and flow run id, recorded in the commits (no secrets).
+        quarantined: telemetry rows that broke the contract.
+        device_hours: the per-device-hour rows (:mod:`scoring.alerts`).
+        inputs: the telemetry files read, recorded so that changed inputs can be found.
+        attempts: tries per table when other commits keep winning (``fleetscore.tables.commit-attempts``).
+
+    Returns:
+        The commit record, as :func:`committed` returns it later.
+
+    Raises:
+        scoring.tables.HourConflict: another run committed the hour meanwhile.
+        RuntimeError: a part is not in storage (a table never lists a file readers cannot find).
     """
-    folder = layout.predictions_dir(hour)
-    missing = sorted(set(parts) - set(store.list(folder)))
-    if missing:
-        raise RuntimeError(
-            f"refusing to commit {layout.hour_label(hour)}: {len(missing)} written part file(s) are not in "
-            f"storage, e.g. {store.url_of(missing[0])}; rerun the hour"
-        )
-    errors = _write_addressed(store, hour, "errors", errors_frame(failures))
     kept = quarantine_frame(quarantined)
-    quarantine = _write_addressed(store, hour, "quarantine", kept)
-    summaries = _write_addressed(store, hour, "device_hours",
-                                 device_hours if device_hours is not None else alerts.device_hours([]))
-    marker = {
-        "hour": layout.hour_label(hour),
-        "parts": sorted(parts),
-        "errors": errors,
-        "quarantine": quarantine,
-        "device_hours": summaries,
-        "quarantined_rows": len(kept),
-        "inputs": [asdict(i) for i in inputs],
-        **stats,
-    }
-    store.write(f"{folder}/{layout.COMMIT_MARKER}", json.dumps(marker, indent=1, sort_keys=True).encode())
-    keep = {*marker["parts"], errors, quarantine, summaries, f"{folder}/{layout.COMMIT_MARKER}"}
-    store.remove([f for f in store.list(folder) if f not in keep])
-    return marker
+    frames = {"errors": errors_frame(failures), "quarantine": kept,
+              "device_hours": alerts.device_hours([]) if device_hours is None else device_hours}
+    files = {"predictions": list(parts) or [write_part(store, hour, predictions_frame([]))]}  # schema, no rows
+    files |= {name: [tables.write_file(store, name, hour, frame)] for name, frame in frames.items()}
+    record = {**stats, "quarantined_rows": len(kept), "inputs": [asdict(i) for i in inputs]}
+    claim = tables.commit_hour(store, hour, files, record, attempts)
+    return tables.commit_record(store, hour, claim)
 
 
 def committed(store: Store, hour: datetime) -> dict[str, Any] | None:
-    """The hour's commit marker, or ``None`` if the hour is not committed."""
-    try:
-        return json.loads(store.read(f"{layout.predictions_dir(hour)}/{layout.COMMIT_MARKER}"))
-    except FileNotFoundError:
-        return None
-
-
-def _read(store: Store, rels: Sequence[str]) -> pd.DataFrame:
-    frames = [pq.read_table(store.path(r), filesystem=store.fs).to_pandas() for r in rels]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _marker(store: Store, hour: datetime) -> dict[str, Any]:
-    marker = committed(store, hour)
-    if marker is None:
-        raise FileNotFoundError(f"{store.url_of(layout.predictions_dir(hour))} is not committed")
-    return marker
+    """The record of the hour's current commit (stats, model version, run, inputs), ``None`` if never committed."""
+    claim = tables.committed(store, hour)
+    return None if claim is None else tables.commit_record(store, hour, claim)
 
 
 def read_predictions(store: Store, hour: datetime) -> pd.DataFrame:
     """The committed predictions of an hour, sorted by device, tag and time."""
-    frame = _read(store, _marker(store, hour)["parts"])
-    if frame.empty:
-        return frame
+    frame = tables.read_table(store, "predictions", hour)
     return frame.sort_values(["device", "tag", "ts"], kind="stable", ignore_index=True)
 
 
 def read_errors(store: Store, hour: datetime) -> pd.DataFrame:
     """The committed hour's failed devices with file and reason."""
-    return _read(store, [_marker(store, hour)["errors"]])
+    return tables.read_table(store, "errors", hour).sort_values(list(ERROR_COLUMNS), ignore_index=True)
 
 
 def read_device_hours(store: Store, hour: datetime) -> pd.DataFrame:
     """The committed hour's row per model: status, coverage, anomalies and alert (:mod:`scoring.alerts`)."""
-    return _read(store, [_marker(store, hour)["device_hours"]])
+    return tables.read_table(store, "device_hours", hour).sort_values(["device", "tag"], ignore_index=True)
 
 
 def read_quarantine(store: Store, hour: datetime) -> pd.DataFrame:
     """The committed hour's telemetry rows that broke the contract, with file and reason."""
-    return _read(store, [_marker(store, hour)["quarantine"]])
+    frame = tables.read_table(store, "quarantine", hour)
+    return frame.sort_values(list(frame.columns), ignore_index=True)

@@ -216,10 +216,12 @@ def _app_id(hour: datetime) -> str:
 
 def _delta_schema(files: Sequence[DataFile]) -> Schema:
     """The table schema of an hour's files (partition columns last); all files must agree."""
-    first = files[0].schema
-    if odd := next((f for f in files if not f.schema.equals(first)), None):
-        raise ValueError(f"{odd.rel} has another schema than {files[0].rel}: the files of one table must agree")
-    return Schema.from_arrow(first.append(pa.field("date", pa.string())).append(pa.field("hour", pa.string())))
+    schemas = [Schema.from_arrow(f.schema) for f in files]  # Delta's types: string and large_string agree
+    if odd := next((i for i, s in enumerate(schemas) if s != schemas[0]), None):
+        raise ValueError(f"{files[odd].rel} has the columns {files[odd].schema.types} where {files[0].rel} has "
+                         f"{files[0].schema.types}: the files of one table must agree")
+    partitions = [pa.field(column, pa.string()) for column in layout.PARTITION_COLUMNS]
+    return Schema.from_arrow(pa.schema([*files[0].schema, *partitions]))
 
 
 def _table(store: Store, name: str, schema: Schema) -> DeltaTable:
@@ -272,8 +274,8 @@ def _commit_table(store: Store, name: str, hour: datetime, files: Sequence[DataF
                 f"the hour holds that run's rows (see `fleetscore history --hour {label}`), this run's are "
                 "not visible. Rerun the hour to replace them; runs of one hour should queue (README)")
         mine = current + 1 if claim is None else claim
-        info = {METADATA_KEY: {**metadata, "hour": label, "claim": mine, "files": len(files),
-                               "rows": sum(f.rows for f in files)}}
+        info = {METADATA_KEY: {**metadata, "hour": label, "claim": mine, "table_files": len(files),
+                               "table_rows": sum(f.rows for f in files)}}
         try:
             table.create_write_transaction(
                 adds, mode="overwrite", schema=schema, partition_by=list(layout.PARTITION_COLUMNS),
@@ -329,6 +331,13 @@ def committed(store: Store, hour: datetime) -> int | None:
 
 # ---------------------------------------------------------------------------- reading
 
+def _pandas_type(dtype: pa.DataType) -> Any:
+    """Text as pandas' ``string`` dtype (missing is ``<NA>``), as fleetscore's frames do; the rest as Arrow maps."""
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return pd.StringDtype()
+    return None
+
+
 def read_table(store: Store, name: str, hour: datetime) -> pd.DataFrame:
     """The committed rows of one hour of table ``name``, without the partition columns.
 
@@ -338,7 +347,8 @@ def read_table(store: Store, name: str, hour: datetime) -> pd.DataFrame:
     if table is None or table.transaction_version(_app_id(hour)) is None:
         raise FileNotFoundError(f"{store.url_of(layout.table_dir(name))} has no commit of {layout.hour_label(hour)}")
     filters = [(column, "=", value) for column, value in layout.partition_values(hour).items()]
-    return table.to_pandas(filters=filters).drop(columns=list(layout.PARTITION_COLUMNS))
+    frame = table.to_pandas(filters=filters, types_mapper=_pandas_type)
+    return frame.drop(columns=list(layout.PARTITION_COLUMNS))
 
 
 def history(store: Store, hour: datetime, name: str = "predictions") -> list[dict[str, Any]]:
@@ -352,6 +362,38 @@ def history(store: Store, hour: datetime, name: str = "predictions") -> list[dic
     return [{"version": e["version"], "timestamp": pd.Timestamp(e["timestamp"], unit="ms", tz="UTC"),
              **e[METADATA_KEY]}
             for e in entries if isinstance(e.get(METADATA_KEY), dict) and e[METADATA_KEY].get("hour") == label]
+
+
+def commit_record(store: Store, hour: datetime, claim: int) -> dict[str, Any]:
+    """What commit ``claim`` of ``hour`` recorded in the first table (the caller's metadata, hour, claim).
+
+    Searched newest first in growing steps, so a recent hour costs a few log reads. Once the
+    log has expired (30 days) only the hour and claim are known.
+    """
+    table = _open(store, layout.TABLE_NAMES[0])
+    label = layout.hour_label(hour)
+    for limit in (10, 200, None):
+        entries = table.history(limit) if table is not None else []
+        for entry in entries:
+            info = entry.get(METADATA_KEY)
+            if isinstance(info, dict) and info.get("hour") == label and info.get("claim") == claim:
+                return {key: value for key, value in info.items() if not key.startswith("table_")}
+        if limit is None or len(entries) < limit:
+            break
+    return {"hour": label, "claim": claim}
+
+
+def hour_files(store: Store, hour: datetime) -> list[str]:
+    """The layout paths of the data files every table's current version holds for ``hour``."""
+    paths = []
+    for name in layout.TABLE_NAMES:
+        if (table := _open(store, name)) is not None:
+            actions = pa.table(table.get_add_actions(flatten=True))
+            part = layout.partition_values(hour)
+            keep = pc.and_(pc.equal(actions["partition.date"], part["date"]), pc.equal(actions["partition.hour"],
+                                                                                        part["hour"]))
+            paths += [f"{layout.table_dir(name)}/{path}" for path in actions.filter(keep)["path"].to_pylist()]
+    return sorted(paths)
 
 
 # ---------------------------------------------------------------------------- housekeeping

@@ -12,6 +12,7 @@ import json
 import signal
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import cloudpickle
@@ -35,7 +36,7 @@ from flows.score import score_fleet
 from flows.trust import signing_key
 from flows.train import train_fleet
 from flows.trust import model_policy, signing_key
-from scoring import layout, models, predictions, telemetry
+from scoring import layout, models, predictions, tables, telemetry
 from scoring.batch import plan, score_batch
 from scoring.training import train_batch
 from scoring.generate import device_ids
@@ -74,7 +75,8 @@ def score(store: Store, hour, **parameters) -> dict:
 
 
 def files(store: Store, hour) -> dict[str, bytes]:
-    return {f: store.read(f) for f in store.list(layout.predictions_dir(hour))}
+    """The hour's committed data files in every table: content-addressed, so equal runs give equal files."""
+    return {f: store.read(f) for f in tables.hour_files(store, hour)}
 
 
 def accounting(store: Store, hour, expected: set[str]) -> tuple[int, int]:
@@ -198,20 +200,25 @@ def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(tmp_path, 
 def test_a_crash_before_commit_leaves_nothing_visible_and_a_rerun_replaces_it_exactly(
         tmp_path, fleet, scored_hour, fault_table):
     store = fleet(Store(tmp_path))
-    score(store, scored_hour)
-    undisturbed = files(store, scored_hour)
-    folder = layout.predictions_dir(scored_hour)
-    store.remove([f"{folder}/{layout.COMMIT_MARKER}"])  # the crashed run had written parts, not the marker
-    store.write(f"{folder}/part-0123456789abcdef.parquet", b"half of a batch from the crashed run")
+    crashed = predictions.write_part(store, scored_hour, pd.DataFrame({  # a batch of a run that died before its commit
+        "ts": pd.to_datetime([scored_hour]), "device": pd.array(["crashed-run"], "string"),
+        "tag": pd.array([None], "string"), "score": [1.0], "anomaly": pd.array([0], "int8"),
+        "model_sha256": pd.array(["x"], "string")}))
     assert predictions.committed(store, scored_hour) is None
-    with pytest.raises(FileNotFoundError, match="not committed"):
+    with pytest.raises(FileNotFoundError, match="no commit of"):
         predictions.read_predictions(store, scored_hour)
     score(store, scored_hour)
+    undisturbed = files(store, scored_hour)
+    assert crashed.rel not in undisturbed
+    assert "crashed-run" not in set(predictions.read_predictions(store, scored_hour)["device"])
+    score(store, scored_hour)
     assert files(store, scored_hour) == undisturbed
+    assert any(crashed.path in f for f in tables.vacuum(store, timedelta(0))["predictions"])
+    assert not store.exists(crashed.rel) and files(store, scored_hour) == undisturbed
     lost, dupes = accounting(store, scored_hour, set(device_ids(DEVICES)))
     assert (lost, dupes) == (0, 0)
-    fault_table.append(("crash before commit", "parts written, no marker, a stray part",
-                        "hour invisible; rerun gives the same files, stray removed", lost, dupes))
+    fault_table.append(("crash before commit", "a batch's data file written, never committed", "hour invisible, "
+                        "then never read; rerun gives the same files; vacuum removes the file", lost, dupes))
 
 
 def restart_after_outage(azurite, marker: Path, outage: float) -> threading.Thread:
@@ -345,6 +352,6 @@ def test_a_cancelled_run_closes_its_cluster_and_commits_nothing(tmp_path, fleet,
     gone, alive = psutil.wait_procs([psutil.Process(p) for p in workers if psutil.pid_exists(p)], timeout=15)
     assert alive == [], "workers outlived the cancelled run"
     assert predictions.committed(store, scored_hour) is None
-    assert store.list(layout.predictions_dir(scored_hour)) == []
+    assert store.list(layout.table_partition("predictions", scored_hour)) == []
     fault_table.append(("cancelled run", "Prefect cancellation while batches run",
                         "run Cancelled, worker processes gone, nothing written or committed", "-", "-"))

@@ -53,7 +53,7 @@ def test_a_model_replaced_with_its_digest(tmp_path, fleet, scored_hour, fault_ta
         with pytest.raises(SignatureError, match="signature does not verify"):
             score(store, scored_hour)
         assert predictions.committed(store, scored_hour) is None
-        assert store.list(layout.predictions_dir(scored_hour)) == []  # refused before any batch ran
+        assert store.list(layout.table_partition("predictions", scored_hour)) == []  # refused before any batch ran
         fault_table.append(("forged model", "model and its digest replaced in the manifest, signing on",
                             "run refused before any model was read; nothing written", "-", "-"))
         return

@@ -33,6 +33,6 @@ def test_azurite_and_local_runs_give_the_same_models_and_predictions(
 
 
 def same_run(marker: dict) -> dict:
-    """A commit marker less what names this store's own objects: its model version id and input file versions."""
-    kept = {k: v for k, v in marker.items() if k != "model_version"}
+    """A commit record less what names this run and store's own objects: run id, model version id, input file versions."""
+    kept = {k: v for k, v in marker.items() if k not in ("model_version", "flow_run_id")}
     return kept | {"inputs": [{k: v for k, v in i.items() if k != "version"} for i in marker["inputs"]]}

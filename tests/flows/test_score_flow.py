@@ -7,7 +7,7 @@ import pytest
 from flows import rules
 from flows.score import score_fleet
 from flows.train import train_fleet
-from scoring import layout, models, predictions, telemetry
+from scoring import layout, models, predictions, tables, telemetry
 from scoring.features import to_features
 from scoring.records import parse_key
 from scoring.store import Store
@@ -77,10 +77,10 @@ def test_the_devices_in_alert_are_exactly_those_with_an_injected_anomaly(scored,
 
 def test_rerunning_an_hour_gives_the_same_files(scored, scored_hour):
     store, *_ = scored
-    folder = layout.predictions_dir(scored_hour)
-    before = {f: store.read(f) for f in store.list(folder)}
+    before = {f: store.read(f) for f in tables.hour_files(store, scored_hour)}
     score_fleet(store=store.url, hour=layout.hour_label(scored_hour))
-    assert {f: store.read(f) for f in store.list(folder)} == before
+    assert {f: store.read(f) for f in tables.hour_files(store, scored_hour)} == before
+    assert [h["claim"] for h in tables.history(store, scored_hour)] == [2, 1]  # a new version, the same files
 
 
 def test_a_device_without_a_model_fails_alone(tmp_path, write_fleet, train_hours, scored_hour):

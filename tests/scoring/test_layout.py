@@ -20,7 +20,7 @@ def test_hours_are_utc_partitions():
     hour = layout.parse_hour("2026-11-27T05:42:10+02:00")
     assert hour == datetime(2026, 11, 27, 3, tzinfo=timezone.utc)
     assert layout.partition(hour) == "date=2026-11-27/hour=03"
-    assert layout.predictions_dir(hour) == "predictions/date=2026-11-27/hour=03"
+    assert layout.table_partition("predictions", hour) == "tables/predictions/date=2026-11-27/hour=03"
     assert layout.hour_label(hour) == "2026-11-27T03"
 
 

@@ -1,47 +1,63 @@
 import pandas as pd
 import pytest
 
-from scoring import layout, predictions
+from scoring import layout, predictions, tables
 from scoring.records import Failure
 from scoring.store import Store
+from scoring.telemetry import InputFile
 
 HOUR = layout.parse_hour("2026-11-27T10")
+STATS = {"flow_run_id": "run-1", "model_version": "v1", "rows": 2}
 
 
 def frame(device, score):
-    return pd.DataFrame({"ts": pd.to_datetime(["2026-11-27T10:00"], utc=True), "device": [device],
-                         "tag": pd.array([None], dtype="string"), "score": [score], "anomaly": [int(score < 0)],
-                         "model_sha256": ["x"]})
+    return pd.DataFrame({"ts": pd.to_datetime(["2026-11-27T10:00"], utc=True), "device": pd.array([device], "string"),
+                         "tag": pd.array([None], dtype="string"), "score": [float(score)],
+                         "anomaly": pd.array([int(score < 0)], "int8"), "model_sha256": pd.array(["x"], "string")})
 
 
 def test_an_hour_is_invisible_until_committed_then_complete(any_store):
     store = any_store
-    parts = [predictions.write_part(store, HOUR, frame("d1", 0.5)), predictions.write_part(store, HOUR, frame("d2", -1))]
-    with pytest.raises(FileNotFoundError, match="not committed"):
+    parts = [predictions.write_part(store, HOUR, frame(d, s)) for d, s in (("d1", 0.5), ("d2", -1))]
+    with pytest.raises(FileNotFoundError, match="no commit of 2026-11-27T10"):
         predictions.read_predictions(store, HOUR)
-    marker = predictions.commit(store, HOUR, parts, [Failure("d3", "no rows", "f")], {"rows": 2})
-    assert marker["rows"] == 2 and marker["hour"] == "2026-11-27T10"
-    assert predictions.read_predictions(store, HOUR)["device"].tolist() == ["d1", "d2"]
-    assert predictions.read_errors(store, HOUR).to_dict("records") == [
+    inputs = [InputFile("telemetry/date=2026-11-27/hour=10/a.parquet", 10, "etag-1")]
+    record = predictions.commit(store, HOUR, parts, [Failure("d3", "no rows", "f")], STATS, inputs=inputs)
+    assert record == predictions.committed(store, HOUR)
+    assert record["rows"] == 2 and record["hour"] == "2026-11-27T10" and record["claim"] == 1
+    assert record["inputs"] == [{"path": inputs[0].path, "size": 10, "version": "etag-1"}]
+    pd.testing.assert_frame_equal(predictions.read_predictions(store, HOUR),
+                                  pd.concat([frame("d1", 0.5), frame("d2", -1)], ignore_index=True))
+    assert predictions.read_errors(store, HOUR).astype(object).where(lambda f: f.notna(), None).to_dict("records") == [
         {"device": "d3", "tag": None, "file": "f", "reason": "no rows"}]
+    assert len(predictions.read_quarantine(store, HOUR)) == 0 and len(predictions.read_device_hours(store, HOUR)) == 0
 
 
-def test_recommitting_replaces_the_hour_and_removes_leftovers(any_store):
+def test_recommitting_replaces_the_hour_and_a_crashed_runs_part_is_never_read(any_store):
     store = any_store
     first = predictions.write_part(store, HOUR, frame("d1", 0.5))
-    predictions.commit(store, HOUR, [first], [], {})
-    before = sorted(store.list(layout.predictions_dir(HOUR)))
+    predictions.commit(store, HOUR, [first], [], STATS)
     predictions.write_part(store, HOUR, frame("crashed-run", 1.0))  # written, never committed
     assert predictions.read_predictions(store, HOUR)["device"].tolist() == ["d1"]
     again = predictions.write_part(store, HOUR, frame("d1", 0.5))
-    predictions.commit(store, HOUR, [again], [], {})
-    assert again == first
-    assert sorted(store.list(layout.predictions_dir(HOUR))) == before
+    assert again == first  # the same rows, the same file
+    record = predictions.commit(store, HOUR, [again], [Failure("d2", "no rows")], STATS | {"flow_run_id": "run-2"})
+    assert record["claim"] == 2 and record["flow_run_id"] == "run-2"
+    assert predictions.read_predictions(store, HOUR)["device"].tolist() == ["d1"]
+    assert predictions.read_errors(store, HOUR)["device"].tolist() == ["d2"]
+
+
+def test_an_hour_without_predictions_is_committed_with_its_errors(any_store):
+    predictions.commit(any_store, HOUR, [], [Failure("d1", "no rows")], STATS | {"rows": 0})
+    assert predictions.committed(any_store, HOUR)["rows"] == 0
+    assert predictions.read_predictions(any_store, HOUR).empty
+    assert predictions.read_errors(any_store, HOUR)["device"].tolist() == ["d1"]
 
 
 def test_a_commit_that_would_list_a_missing_part_is_refused(any_store):
     part = predictions.write_part(any_store, HOUR, frame("d1", 0.5))
-    any_store.remove([part])  # acknowledged, then lost (seen with Azurite killed mid-run)
-    with pytest.raises(RuntimeError, match="refusing to commit 2026-11-27T10: 1 written part"):
-        predictions.commit(any_store, HOUR, [part], [], {})
+    any_store.remove([part.rel])  # acknowledged, then lost (seen with Azurite killed mid-run)
+    with pytest.raises(RuntimeError, match="refusing to commit 2026-11-27T10: 1 written file"):
+        predictions.commit(any_store, HOUR, [part], [], STATS)
     assert predictions.committed(any_store, HOUR) is None
+    assert tables.committed(Store(any_store.url), HOUR) is None

@@ -13,29 +13,10 @@ from deltalake import DeltaTable
 
 from scoring import layout, tables
 from scoring.store import Store
-from tests.azurite_listing import ListingProxy
 
 HOUR = layout.parse_hour("2026-11-27T10")
 NEXT = HOUR + timedelta(hours=1)
 RUN = {"flow_run_id": "run-1", "model_version": "v1", "inputs": ["telemetry/date=2026-11-27/hour=10/a.parquet"]}
-
-
-@pytest.fixture(scope="module")
-def listing_proxy(azurite):
-    proxy = ListingProxy(azurite.port)
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture(autouse=True)
-def delta_lists_through_the_proxy(request, monkeypatch):
-    """On Azurite, delta-rs goes through tests/azurite_listing.py, which gives Azurite List Blobs' startFrom."""
-    callspec = getattr(request.node, "callspec", None)
-    if "azurite" not in request.fixturenames and not (callspec and callspec.params.get("any_store") == "azurite"):
-        return
-    azurite, proxy = request.getfixturevalue("azurite"), request.getfixturevalue("listing_proxy")
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
-                       azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/"))
 
 
 def predictions(devices: list[str], score: float = 0.5) -> pd.DataFrame:
@@ -135,6 +116,8 @@ def test_an_hour_is_invisible_until_committed_then_every_reader_gets_its_rows(an
     assert tables.committed(any_store, HOUR) is None
     assert tables.commit_hour(any_store, HOUR, files, RUN) == 1
     assert tables.committed(any_store, HOUR) == 1
+    rows = tables.read_table(any_store, "predictions", HOUR).sort_values(["device", "ts"], ignore_index=True)
+    pd.testing.assert_frame_equal(rows, expected([["d1", "d2"], ["d3"]]))  # the frames as written, dtypes too
     want = ordered(expected([["d1", "d2"], ["d3"]]))
     for read in (tables.read_table, by_polars, by_duckdb):
         pd.testing.assert_frame_equal(ordered(read(any_store, "predictions", HOUR)), want, check_dtype=False)
@@ -153,9 +136,11 @@ def test_rescoring_replaces_only_that_hour_and_history_names_each_run(any_store)
     for read in (tables.read_table, by_polars, by_duckdb):
         pd.testing.assert_frame_equal(ordered(read(any_store, "predictions", HOUR)), want, check_dtype=False)
     assert tables.read_table(any_store, "predictions", NEXT)["device"].unique().tolist() == ["d9"]
-    runs = [(h["flow_run_id"], h["model_version"], h["claim"], h["rows"]) for h in tables.history(any_store, HOUR)]
+    runs = [(h["flow_run_id"], h["model_version"], h["claim"], h["table_rows"])
+            for h in tables.history(any_store, HOUR)]
     assert runs == [("run-2", "v2", 2, 2), ("run-1", "v1", 1, 4)]
     assert tables.history(any_store, HOUR)[0]["inputs"] == RUN["inputs"]
+    assert tables.commit_record(any_store, HOUR, 1) == RUN | {"hour": "2026-11-27T10", "claim": 1}
 
 
 def test_a_batch_written_twice_is_one_file(any_store):
