@@ -24,6 +24,7 @@ from distributed.security import Security
 
 from cluster.bounded import BoundedLocalCluster
 from cluster.config import setting, snake
+from cluster.sizing import KeepStarting, fit_hour
 
 # Schedulers that open_cluster started in this process and has not closed yet: joining one
 # by address (backfill's subflows do) needs no allowlist entry, it is this process's own.
@@ -73,10 +74,12 @@ def check_address(address: str) -> None:
                          "for a host in fleetscore.cluster.plain-tcp-hosts) schedulers only")
 
 
-def _adapt_bounds(adapt: dict[str, int] | None) -> dict[str, int] | None:
+def _adapt_bounds(adapt: dict[str, int] | None, kind: str) -> dict[str, int] | None:
+    """Checked adaptive bounds; a ``maximum`` left ``None`` (not sized for an hour) is the kind's cost cap."""
     if not adapt:
         return None
-    lo, hi = adapt.get("minimum", 1), adapt.get("maximum", 1)
+    lo, hi = adapt.get("minimum", 1), adapt.get("maximum")
+    hi = _cap(kind) if hi is None else hi
     if not 0 <= lo <= hi or hi < 1:
         raise ValueError(
             f"adaptive bounds minimum={lo} maximum={hi} are impossible: "
@@ -99,6 +102,16 @@ def _azure_settings(options: dict[str, Any]) -> dict[str, Any]:
     settings = azure.azure_settings(options)
     azure.check(settings)
     return settings
+
+
+def _local_threads(options: dict[str, Any]) -> int:
+    """Threads of each local worker (``threads-per-worker``)."""
+    return int((snake(setting("cluster.local")) | options)["threads_per_worker"])
+
+
+def _azure_threads(options: dict[str, Any]) -> int:
+    """Threads of each worker VM (``worker-options.nthreads``); 1 if unset, which errs towards more VMs."""
+    return int(snake(options.get("worker-options") or {}).get("nthreads", 1))
 
 
 def _start_azure(options: dict[str, Any], timeout: float, stack: ExitStack) -> tuple[SpecCluster, int]:
@@ -133,28 +146,76 @@ class ClusterKind:
         shared: a backfill opens one for its whole range and each hour's run joins it by address.
         cleanup: deletes, by flow run id, what a run killed before closing its cluster left, logging
             each line; ``None`` when nothing outlives the flow process (used by ``cluster.hooks``).
+        threads: each worker's threads, from the kind's checked settings: the sizing divides the
+            hour's work by it. ``None``: fleetscore does not size or adapt the kind's workers.
     """
 
     start: Callable[[dict[str, Any], float, ExitStack], tuple[SpecCluster, int]] | None
     settings: Callable[[dict[str, Any]], dict[str, Any]] = dict
     shared: bool = False
     cleanup: Callable[[str, Callable[[str], object]], None] | None = None
+    threads: Callable[[dict[str, Any]], int] | None = None
 
 
 CLUSTER_KINDS: dict[str, ClusterKind] = {
-    "local": ClusterKind(start=_start_local, shared=True),
-    "azure": ClusterKind(start=_start_azure, settings=_azure_settings, cleanup=_delete_azure_run),
+    "local": ClusterKind(start=_start_local, shared=True, threads=_local_threads),
+    "azure": ClusterKind(start=_start_azure, settings=_azure_settings, cleanup=_delete_azure_run,
+                         threads=_azure_threads),
     "address": ClusterKind(start=None),
 }
 KINDS = tuple(CLUSTER_KINDS)
 """The cluster kinds' names, for ``fleetscore.cluster.kind`` and the command's ``--cluster``."""
 
 
+def _cap(kind: str) -> int:
+    """The most workers a run of ``kind`` may have (``fleetscore.cluster.sizing.max-workers``)."""
+    cap = (setting("cluster.sizing.max-workers") or {}).get(kind)
+    if not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"fleetscore.cluster.sizing.max-workers.{kind} is {cap!r}: set it to the most "
+                         f"workers a run of kind {kind!r} may cost, a whole number >= 1")
+    return cap
+
+
+def size_for_hour(kind: str | None, batches: int, adapt: dict[str, int] | None) -> tuple[dict[str, int] | None, str]:
+    """The adaptive bounds of a run that scores ``batches``, and one line for its log saying why.
+
+    A ``maximum`` in ``adapt`` (a flow parameter) or in ``fleetscore.cluster.adapt`` wins;
+    otherwise it is ``fit_hour`` of the batches with ``fleetscore.cluster.sizing``.
+
+    Args:
+        kind: the cluster kind; default ``fleetscore.cluster.kind``.
+        batches: the hour's batches, known from the manifest before the cluster opens.
+        adapt: bounds given for this run, as ``open_cluster`` takes them; default ``fleetscore.cluster.adapt``.
+
+    Raises:
+        ValueError: an unknown kind or sizing settings that cannot work, before anything is started.
+    """
+    kind = setting("cluster.kind", kind)
+    how = CLUSTER_KINDS.get(kind)
+    if how is None:
+        raise ValueError(f"unknown cluster kind {kind!r}: set fleetscore.cluster.kind to one of {KINDS}")
+    bounds = setting("cluster.adapt", adapt)
+    if how.threads is None:
+        return None, f"cluster kind {kind}: an existing scheduler whose workers fleetscore does not start: not sized, no adapt"
+    if bounds is None:
+        return None, f"fleetscore.cluster.adapt is null: a fixed {kind} cluster, not sized for the hour"
+    if bounds.get("maximum") is not None:
+        return bounds, f"adapt maximum {bounds['maximum']} as given (parameter or fleetscore.cluster.adapt), not sized"
+    sizing = setting("cluster.sizing")
+    size = fit_hour(batches, float(sizing["seconds-per-batch"]), float(sizing["target-minutes"]),
+                    how.threads(how.settings({})), bounds.get("minimum", 1), _cap(kind))
+    return bounds | {"maximum": size.workers}, size.reason
+
+
 def _scale(cluster: SpecCluster, size: int, bounds: dict[str, int] | None) -> None:
-    """Ask for ``size`` workers (within the adaptive bounds), then let ``adapt`` move within them."""
+    """Ask for ``size`` workers (within the adaptive bounds), then let ``adapt`` move within them.
+
+    ``KeepStarting`` is Dask's ``Adaptive``, except that it does not retire workers still
+    starting (VMs booting) while tasks are queued, which Dask's own would do first.
+    """
     if bounds:
         cluster.scale(max(bounds["minimum"], min(size, bounds["maximum"])))
-        cluster.adapt(**bounds)
+        cluster.adapt(Adaptive=KeepStarting, **bounds)
     else:
         cluster.scale(size)
 
@@ -193,7 +254,7 @@ def open_cluster(
         if not address:
             raise ValueError(f"cluster kind {kind!r} needs a scheduler address: set fleetscore.cluster.address")
         check_address(address)
-    bounds = _adapt_bounds(setting("cluster.adapt", adapt))
+    bounds = _adapt_bounds(setting("cluster.adapt", adapt), kind) if how.start else None
     cluster_options = how.settings(cluster_options)
     timeout = float(setting("cluster.start-timeout", start_timeout or cluster_options.get("start-timeout")))
     deadline = time.monotonic() + timeout

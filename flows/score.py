@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
-from cluster.clusters import open_cluster
+from cluster.clusters import open_cluster, size_for_hour
 from cluster.config import setting
 from cluster.hooks import delete_run_cluster
 from flows import report, rules
@@ -127,7 +127,8 @@ def score_fleet(
         max_failed_share: the run fails above this share of failed devices.
         address: scheduler address for ``cluster="address"``; default ``fleetscore.cluster.address``.
         adapt_minimum: fewest workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
-        adapt_maximum: most workers of the adaptive cluster; default ``fleetscore.cluster.adapt``.
+        adapt_maximum: most workers of the adaptive cluster; default ``fleetscore.cluster.adapt``, or if
+            that is null sized for the hour's batches (``fleetscore.cluster.sizing``).
         granularity: ``device`` or ``sensor`` to check the published models against; default: any.
         model_version: the model version to score with, e.g. an older one; default the live one.
         step: the devices' time grid, e.g. ``5s``; default ``fleetscore.telemetry.step``.
@@ -148,7 +149,9 @@ def score_fleet(
         batches = plan(manifest)
         logger.info("scoring %s: %d models in %d batches, %d devices reporting in %d files", layout.hour_label(when),
                     len(manifest["models"]), len(batches), len(scan.devices), len(scan.files))
-        with open_cluster(cluster, address=address, adapt=adapt_bounds(adapt_minimum, adapt_maximum)) as client:
+        bounds, sized = size_for_hour(cluster, len(batches), adapt_bounds(adapt_minimum, adapt_maximum))
+        logger.info("cluster size: %s", sized)
+        with open_cluster(cluster, address=address, adapt=bounds) as client:
             logger.info("Dask dashboard: %s", client.dashboard_link)
             policy = model_policy()
             jobs = [(f"{layout.hour_label(when)}-{i:05d}",

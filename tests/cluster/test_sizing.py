@@ -4,11 +4,13 @@ import asyncio
 import sys
 import time
 
+import dask.config
 import pytest
 from distributed import Client, Scheduler, SpecCluster
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.spec import ProcessInterface
 
+from cluster.clusters import size_for_hour
 from cluster.sizing import KeepStarting, fit_hour
 
 BOOT_SECONDS = 4.0
@@ -44,6 +46,39 @@ def test_the_size_is_the_work_over_the_target_within_floor_and_cap(batches, seco
 def test_impossible_sizing_settings_say_which_to_change(args, setting):
     with pytest.raises(ValueError, match=setting):
         fit_hour(*args)
+
+
+# Valid settings of an Azure cluster, which are checked before its size is derived.
+AZURE = {"fleetscore.cluster.azure.subscription-id": "00000000-0000-0000-0000-000000000000",
+         "fleetscore.cluster.azure.location": "westeurope", "fleetscore.cluster.azure.resource-group": "fleet-rg",
+         "fleetscore.cluster.azure.vnet": "fleet-vnet", "fleetscore.cluster.azure.security-group": "fleet-nsg",
+         "fleetscore.cluster.azure.identity": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/"
+         "fleet-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fleet-id"}
+UNSIZED = {"fleetscore.cluster.adapt": {"minimum": 1, "maximum": None}}
+
+
+def test_an_azure_hour_of_a_million_devices_is_sized_from_the_settings():
+    """10,000 batches x 1.5 s / (15 min x 2 threads per VM) = 8.3: 9 VMs, within the cap of 20."""
+    with dask.config.set(AZURE | UNSIZED):
+        bounds, reason = size_for_hour("azure", 10_000, None)
+    assert bounds == {"minimum": 1, "maximum": 9}
+    assert reason == "10000 batches x 1.5 s / (15 min x 2 threads) -> 9 workers, capped at 20, floor 1: adapt maximum 9"
+
+
+def test_a_local_hour_is_capped_and_a_given_maximum_wins():
+    with dask.config.set(UNSIZED | {"fleetscore.cluster.sizing.target-minutes": 1}):
+        assert size_for_hour("local", 100, None)[0] == {"minimum": 1, "maximum": 3}  # 150 s / 60 s
+        assert size_for_hour("local", 1000, None)[0] == {"minimum": 1, "maximum": 4}  # 25 wanted, local cap 4
+        assert size_for_hour("local", 1000, {"minimum": 2, "maximum": 2}) == (
+            {"minimum": 2, "maximum": 2}, "adapt maximum 2 as given (parameter or fleetscore.cluster.adapt), not sized")
+        with dask.config.set({"fleetscore.cluster.sizing.max-workers.local": 0}):
+            with pytest.raises(ValueError, match="max-workers.local is 0"):
+                size_for_hour("local", 1000, None)
+
+
+def test_an_existing_scheduler_is_not_sized_and_says_so():
+    bounds, reason = size_for_hour("address", 1000, None)
+    assert bounds is None and "not sized, no adapt" in reason
 
 
 class BootingWorker(ProcessInterface):
