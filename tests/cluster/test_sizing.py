@@ -10,7 +10,7 @@ from distributed import Client, Scheduler, SpecCluster
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.spec import ProcessInterface
 
-from cluster.clusters import size_for_hour
+from cluster.clusters import open_cluster, size_for_hour
 from cluster.sizing import KeepStarting, fit_hour
 
 BOOT_SECONDS = 4.0
@@ -149,3 +149,9 @@ def test_scale_up_follows_the_queued_batches():
         client.wait_for_workers(4, timeout=60)
         assert not all(f.done() for f in queued)
         assert [rec for _, rec in adaptive.log] == [{"status": "up", "n": 4}]
+
+
+def test_a_cluster_opened_without_an_hour_to_size_adapts_up_to_max_workers_with_keep_starting():
+    with dask.config.set(UNSIZED), open_cluster("local", n_workers=1, dashboard_address=None) as client:
+        adaptive = client.cluster._adaptive
+        assert isinstance(adaptive, KeepStarting) and (adaptive.minimum, adaptive.maximum) == (1, 4)
