@@ -196,7 +196,8 @@ def size_for_hour(kind: str | None, batches: int, adapt: dict[str, int] | None) 
         raise ValueError(f"unknown cluster kind {kind!r}: set fleetscore.cluster.kind to one of {KINDS}")
     bounds = setting("cluster.adapt", adapt)
     if how.threads is None:
-        return None, f"cluster kind {kind}: an existing scheduler whose workers fleetscore does not start: not sized, no adapt"
+        return None, (f"cluster kind {kind}: an existing scheduler whose workers fleetscore does not start: "
+                      "not sized, no adapt")
     if bounds is None:
         return None, f"fleetscore.cluster.adapt is null: a fixed {kind} cluster, not sized for the hour"
     if bounds.get("maximum") is not None:
