@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from cluster.clusters import CLUSTER_KINDS, open_cluster
 from cluster.config import setting
 from flows.score import STORAGE_RETRIES, adapt_bounds, score_fleet
-from scoring import layout, predictions, telemetry
+from scoring import layout, predictions, tables, telemetry
 from scoring.store import Store
 
 
@@ -30,8 +30,10 @@ def hours_to_score(store: Store, hours: list[datetime], force: bool, changed: bo
     """The hours not committed; with ``changed``, also those whose telemetry files changed since their
     commit (a late file, a re-delivered one); with ``force``, all of them."""
     def due(hour: datetime) -> bool:
-        commit = predictions.committed(store, hour)
-        return commit is None or (changed and telemetry.inputs_changed(store, hour, commit["inputs"]))
+        if not changed:  # the tables' transaction ids alone: no need to read the commit's record in the log
+            return tables.committed(store, hour) is None
+        commit = predictions.committed(store, hour)  # a record past the log's retention has no inputs: rescore
+        return commit is None or telemetry.inputs_changed(store, hour, commit.get("inputs", []))
     return list(hours) if force else [h for h in hours if due(h)]
 
 

@@ -19,6 +19,7 @@ import cloudpickle
 import dask.config
 import numpy as np
 import pandas as pd
+import polars as pl
 import psutil
 import pytest
 from prefect.client.orchestration import get_client
@@ -80,8 +81,14 @@ def files(store: Store, hour) -> dict[str, bytes]:
 
 
 def accounting(store: Store, hour, expected: set[str]) -> tuple[int, int]:
-    """(devices neither scored nor named in errors, duplicated prediction rows) of the committed hour."""
+    """(devices neither scored nor named in errors, duplicated prediction rows) of the committed hour.
+
+    Read through deltalake and checked against a second reader, polars over the same Delta log.
+    """
     got = predictions.read_predictions(store, hour)
+    where, part = tables.location(store, "predictions"), layout.partition_values(hour)
+    second = pl.read_delta(where.uri, storage_options=where.options or None).filter(**part)
+    assert len(second) == len(got) and set(second["device"]) == set(got["device"])
     errors = predictions.read_errors(store, hour)
     lost = expected - set(got["device"]) - set(errors["device"])
     return len(lost), int(got.duplicated(["device", "tag", "ts"]).sum())
