@@ -119,6 +119,7 @@ def slow_cluster() -> SpecCluster:
                        worker={"cls": BootingWorker, "options": {"boot": BOOT_SECONDS}})
 
 
+@pytest.mark.usefixtures("no_leftovers")
 @pytest.mark.parametrize("policy, keeps", [(Adaptive, False), (KeepStarting, True)])
 def test_workers_still_starting_are_kept_while_batches_are_queued(policy, keeps):
     """Four workers asked for, none joined, twelve 1 s batches queued: Dask's load target (12 x its 0.5 s
@@ -137,6 +138,7 @@ def test_workers_still_starting_are_kept_while_batches_are_queued(policy, keeps)
             assert retired, "plain Adaptive no longer retires starting workers first: KeepStarting may go"
 
 
+@pytest.mark.usefixtures("no_leftovers")
 def test_scale_up_follows_the_queued_batches():
     """One worker and two batches: nothing more is asked for; twenty queued: the cluster grows to the maximum."""
     with slow_cluster() as cluster, Client(cluster) as client:
