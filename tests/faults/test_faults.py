@@ -228,6 +228,31 @@ def test_a_crash_before_commit_leaves_nothing_visible_and_a_rerun_replaces_it_ex
                         "then never read; rerun gives the same files; vacuum removes the file", lost, dupes))
 
 
+def test_two_runs_of_one_hour_at_once_queue_and_leave_one_complete_hour(tmp_path, fleet, scored_hour, fault_table):
+    """Two real score-fleet runs started together: the hour's concurrency limit queues the second."""
+    store = fleet(Store(tmp_path))
+    start, summaries = threading.Barrier(2), []
+
+    def run() -> None:
+        start.wait()
+        summaries.append(score(store, scored_hour))
+
+    runs = [threading.Thread(target=run) for _ in range(2)]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(600)
+    assert len(summaries) == 2 and all(s["devices_scored"] == DEVICES for s in summaries)
+    versions = tables.history(store, scored_hour)
+    assert [v["claim"] for v in versions] == [2, 1] and len({v["flow_run_id"] for v in versions}) == 2
+    assert tables.committed(store, scored_hour) == 2  # every table holds the second run's commit
+    lost, dupes = accounting(store, scored_hour, set(device_ids(DEVICES)))
+    assert (lost, dupes) == (0, 0)
+    fault_table.append(("two runs of one hour", "two score-fleet runs of the same hour started at once",
+                        "both completed (queued on the hour's concurrency limit): claims 1 and 2 by two runs, "
+                        "every table at claim 2, one complete set of rows", lost, dupes))
+
+
 def restart_after_outage(azurite, marker: Path, outage: float) -> threading.Thread:
     """Bring Azurite back (same port, same data) ``outage`` seconds after a worker killed it."""
     def wait_and_restart() -> None:

@@ -13,8 +13,6 @@ import pytest
 from flows import cli
 from flows.limits import one_run_per_hour
 from flows.maintenance import maintain_tables
-from flows.score import score_fleet
-from flows.train import train_fleet
 from scoring import layout, predictions, tables
 from scoring.records import Failure
 from scoring.store import Store
@@ -88,30 +86,3 @@ def test_runs_of_one_hour_queue_and_other_hours_do_not_wait():
     assert second[0] >= first[1]  # the second run of the hour entered only after the first left
     assert spans["other"][0] < first[1]  # another hour ran meanwhile
 
-
-def test_two_score_fleet_runs_of_one_hour_at_once_queue_and_leave_one_complete_hour(
-        tmp_path, write_fleet, train_hours, scored_hour):
-    """Two real runs started together: the second waits for the hour's slot, then rescoring is a new version."""
-    store = Store(tmp_path)
-    write_fleet(store, devices=6)
-    train_fleet(start=layout.hour_label(train_hours[0]), end=layout.hour_label(train_hours[-1]), store=store.url)
-    summaries: list[dict] = []
-    start = threading.Barrier(2)
-
-    def run() -> None:
-        start.wait()
-        summaries.append(score_fleet(store=store.url, hour=layout.hour_label(scored_hour)))
-
-    runs = [threading.Thread(target=run) for _ in range(2)]
-    for thread in runs:
-        thread.start()
-    for thread in runs:
-        thread.join(600)
-    assert len(summaries) == 2 and all(s["devices_scored"] == 6 for s in summaries)
-    versions = tables.history(store, scored_hour)
-    assert [v["claim"] for v in versions] == [2, 1] and len({v["flow_run_id"] for v in versions}) == 2
-    got = predictions.read_predictions(store, scored_hour)
-    assert sorted(got["device"].unique()) == [f"dev-{i:05d}" for i in range(6)]
-    assert not got.duplicated(["device", "tag", "ts"]).any()  # one complete set, not both runs' rows
-    where = tables.location(store, "predictions")
-    assert len(pl.read_delta(where.uri).filter(date="2026-11-27", hour="10")) == len(got)
