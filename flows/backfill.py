@@ -11,7 +11,8 @@ from prefect import flow, get_run_logger, task
 
 from cluster.clusters import CLUSTER_KINDS, open_cluster
 from cluster.config import setting
-from flows.score import STORAGE_RETRIES, adapt_bounds, score_fleet
+from flows.retries import STORAGE_RETRIES
+from flows.score import adapt_bounds, score_fleet
 from scoring import layout, predictions, tables, telemetry
 from scoring.store import Store
 

@@ -16,7 +16,7 @@ from dask.utils import parse_timedelta
 from prefect import flow, get_run_logger, task
 
 from cluster.config import setting
-from flows.score import STORAGE_RETRIES
+from flows.retries import STORAGE_RETRIES
 from scoring import tables
 from scoring.store import Store
 

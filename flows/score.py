@@ -9,8 +9,6 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
-from prefect.states import State
-from prefect.tasks import exponential_backoff
 
 from cluster.clusters import open_cluster, size_for_hour
 from cluster.config import setting
@@ -20,26 +18,12 @@ from flows.dispatch import run_batches
 from flows.hours import score_run_name, target_hour
 from flows.limits import one_run_per_hour
 from flows.progress import BatchProgress
+from flows.retries import STORAGE_RETRIES
 from flows.trust import model_policy, require_signature, signing_key
 from scoring import layout, models, predictions, telemetry
 from scoring.batch import BatchResult, plan, score_batch, unmodelled
 from scoring.records import Failure
-from scoring.store import Store, is_transient
-
-
-def _can_pass(task: Any, task_run: Any, state: State) -> bool:
-    """Retry only storage errors that can pass (network, throttling, an outage), never a bad file or a bug."""
-    return is_transient(state.result(raise_on_failure=False))
-
-
-STORAGE_RETRIES: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": _can_pass,
-}
-"""Prefect retries of a task that reads or writes the store: 2s, 4s, 8s with jitter, so that
-many runs hitting a throttled storage account do not retry in lockstep."""
+from scoring.store import Store
 
 
 @task(**STORAGE_RETRIES)

@@ -13,6 +13,7 @@ from cluster.config import setting
 from cluster.hooks import delete_run_cluster
 from flows import rules
 from flows.dispatch import run_batches
+from flows.retries import STORAGE_RETRIES
 from flows.trust import require_signature, signing_key
 from scoring import layout, models, telemetry
 from scoring.batch import valid_devices
@@ -27,10 +28,13 @@ class TrainingRefused(RuntimeError):
     """A training run that published nothing: the previous version stays live. The message says why."""
 
 
-@task(retries=2, retry_delay_seconds=[2, 10])
+@task(**STORAGE_RETRIES)
 def window_devices(store: Store, hours: list[datetime]) -> list[str]:
-    """Every device that reports in some hour of the window."""
-    return sorted({d for h in hours for d in telemetry.scan_hour(store, h).devices})
+    """Every device that reports in some hour of the window; files that cannot be read are logged and left out."""
+    scans = [telemetry.scan_hour(store, h) for h in hours]
+    for failure in (f for scan in scans for f in scan.unreadable):
+        get_run_logger().warning("unreadable telemetry file, left out of training: %s", failure)
+    return sorted({d for scan in scans for d in scan.devices})
 
 
 def refusals(results: list[TrainResult], failures: list[Failure], devices: int, max_share: float) -> list[str]:

@@ -1,5 +1,8 @@
 """train-fleet publishes a new version only when it may: lost shards and unfitted devices refuse, --allow-partial keeps."""
 
+import io
+
+import pyarrow.parquet as pq
 import pytest
 
 from flows import cli
@@ -67,10 +70,25 @@ def test_score_can_pin_an_older_version(trained, train_hours, scored_hour, write
         e["sha256"] for e in models.read_manifest(store, first["version"])["models"].values()}
 
 
+def damage_values(store: Store, rel: str) -> None:
+    """Overwrite the ``value`` column's pages of a Parquet file, its footer and device column intact.
+
+    The hour's scan (footer and device column) still reads it; a batch reading the rows fails,
+    every retry alike: a shard lost the way a file corrupted in the middle loses it.
+    """
+    data = bytearray(store.read(rel))
+    meta = pq.ParquetFile(io.BytesIO(bytes(data))).metadata
+    for group in range(meta.num_row_groups):
+        chunk = meta.row_group(group).column(meta.schema.names.index("value"))
+        start = chunk.dictionary_page_offset or chunk.data_page_offset
+        data[start:start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    store.write(rel, bytes(data))
+
+
 def test_lost_shards_refuse_and_the_command_exits_non_zero(trained, train_hours, capsys):
     store, first = trained
     hour = train_hours[0]
-    store.write(f"{layout.telemetry_dir(hour)}/part-00000.parquet", b"PAR1 not a parquet file PAR1")  # the shard fails
+    damage_values(store, f"{layout.telemetry_dir(hour)}/part-00000.parquet")  # the shard fails reading it
     code = cli.main(["train", "--store", store.url, "--end", layout.hour_label(train_hours[-1]), "--hours", "2"])
     assert code == 1
     assert "published nothing, the live models stay: 1 of 1 training shards were lost" in capsys.readouterr().err
