@@ -24,6 +24,8 @@ import psutil
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from prefect.events.filters import EventFilter, EventRelatedFilter
+from prefect.events.worker import EventsWorker
 from prefect.flows import load_flow_from_entrypoint
 from prefect.runner import Runner
 from prefect.states import Cancelling
@@ -310,28 +312,53 @@ def test_no_secret_reaches_logs_artifacts_errors_or_pickled_tasks(azurite, az_st
     store.remove(sorted(models.read_manifest(store)["packs"]))
     state = score_fleet(store=store.url, hour=layout.hour_label(scored_hour), return_state=True)
     run_ids = [state.state_details.flow_run_id, trained.state_details.flow_run_id]
+    EventsWorker.drain_all()  # this process's events reach the API in the background
     secret = azurite.connection_string.split("AccountKey=")[1].split(";")[0]
     with get_client(sync_client=True) as client:
         logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)))]
         artifacts = [str(a.data) for a in client.read_artifacts(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)))]
         parameters = [str(client.read_flow_run(r).parameters) for r in run_ids]
+        events = run_events(client, run_ids, until="fleetscore.device.alert")
+    commits = [json.dumps(entry, default=str) for name in layout.TABLE_NAMES
+               for entry in tables.history(store, scored_hour, name)]
     errors = predictions.read_errors(store, scored_hour)["reason"].tolist()
     manifest = models.read_manifest(store)
     pickled = [cloudpickle.dumps((score_batch, store, scored_hour, models.manifest_slice(manifest, names),
                                   model_policy()))
                for names in plan(manifest)]
     assert logs and artifacts and errors == ["model file is missing"]
+    assert any('"fleetscore.device.alert"' in e for e in events) and len(commits) == len(layout.TABLE_NAMES)
     vm_init = azure.rendered_cloud_init(azure.azure_settings(AZURE_EXAMPLE))  # this environment holds the key
-    texts = [*logs, *artifacts, *errors, *parameters, str(state.result()), str(trained.result()), repr(store), vm_init]
+    texts = [*logs, *artifacts, *errors, *parameters, *events, *commits, str(state.result()), str(trained.result()),
+             repr(store), vm_init]
     secrets = (secret, SIGNING_KEY)
     hits = sum(s in t for s in secrets for t in texts) + sum(s.encode() in p for s in secrets for p in pickled)
     assert models.read_manifest(store, key=signing_key(), require_signature=True) == manifest  # signed
     assert hits == 0
     fault_table.append(("secrets", "connection string with AccountKey, model signing key; 2 runs' parameters, "
                         f"{len(logs)} log lines, "
-                        f"{len(artifacts)} artifacts, errors, {len(pickled)} pickled tasks, an Azure VM's cloud-init",
+                        f"{len(artifacts)} artifacts, {len(events)} events, {len(commits)} table commits' metadata, "
+                        f"errors, {len(pickled)} pickled tasks, an Azure VM's cloud-init",
                         "0 occurrences of the key", 0, 0))
+
+
+def run_events(client, run_ids: list, until: str, timeout: float = 60) -> list[str]:
+    """Every event related to some flow runs, as JSON, once one named ``until`` has been stored.
+
+    The API stores events in the background, newest last: the run's own events arrive a few seconds
+    after it ends.
+    """
+    related = EventFilter(related=EventRelatedFilter(id=[f"prefect.flow-run.{r}" for r in run_ids]))
+    deadline = time.monotonic() + timeout
+    while True:
+        page, events = client.read_events(filter=related, limit=50), []
+        while page:
+            events += [e.model_dump_json() for e in page.events]
+            page = client.read_events_page(page.next_page) if page.next_page else None
+        if any(f'"{until}"' in e for e in events) or time.monotonic() > deadline:
+            return events
+        time.sleep(1)
 
 
 async def serve_and_cancel(store: Store, hour, marker: Path):
