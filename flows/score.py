@@ -35,7 +35,7 @@ def read_inputs(store: Store, hour: datetime, model_version: str | None) -> tupl
 
 @task(**STORAGE_RETRIES)
 def commit_hour(store: Store, hour: datetime, model_version: str, results: list[BatchResult], failures: list[Failure],
-                scan: telemetry.HourScan) -> dict[str, Any]:
+                scan: telemetry.HourScan, device_hours: pd.DataFrame) -> dict[str, Any]:
     """Replace the hour in every table (predictions, device hours, errors, quarantine), recording this run."""
     stats = {
         "flow_run_id": flow_run.id,
@@ -48,7 +48,7 @@ def commit_hour(store: Store, hour: datetime, model_version: str, results: list[
     parts = [r.part for r in results if r.part]
     quarantined = [telemetry.anonymous_rows(store, scan.paths), *(r.quarantined for r in results)]
     return predictions.commit(store, hour, parts, failures, stats, quarantined,
-                              report.device_hours(results), scan.files, setting("tables.commit-attempts"))
+                              device_hours, scan.files, setting("tables.commit-attempts"))
 
 
 @task(**STORAGE_RETRIES)
@@ -137,9 +137,9 @@ def score_fleet(
         logger.info("cluster size: %s", sized)
         with open_cluster(cluster, address=address, adapt=bounds) as client:
             logger.info("Dask dashboard: %s", client.dashboard_link)
-            policy = model_policy()
+            policy, rule = model_policy(), rules.alert_rule()
             jobs = [(f"{layout.hour_label(when)}-{i:05d}",
-                     (target, grid, models.manifest_slice(manifest, names), scan.paths, rules.alert_rule(), policy))
+                     (target, grid, models.manifest_slice(manifest, names), scan.paths, rule, policy))
                     for i, names in enumerate(batches)]
             with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
                 results = run_batches(client, score_batch, jobs,
@@ -147,8 +147,8 @@ def score_fleet(
                                       retries=setting("scoring.batch-retries"), on_done=progress.update)
             dashboard = client.dashboard_link
         failures += [f for r in results for f in r.failures]
-        marker = commit_hour(target, when, manifest["version"], results, failures, scan)
-    device_hours = report.device_hours(results)
+        device_hours = report.device_hours(results)
+        marker = commit_hour(target, when, manifest["version"], results, failures, scan, device_hours)
     summary = report.summary(target, when, marker, failures, device_hours, time.perf_counter() - started,
                              dashboard, progress.peak_workers)
     summary["model_version"] = manifest["version"]
