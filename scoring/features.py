@@ -36,20 +36,24 @@ def validate(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise ValueError(f"telemetry lacks column(s) {missing}; expected {list(LONG_COLUMNS)}")
     raw = renamed.loc[:, list(LONG_COLUMNS)]
     ts, value = _timestamps(raw["ts"]), _numbers(raw["value"])
-    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
-    reason = reason.mask(np.isinf(value), "value is not finite")
-    reason = reason.mask(value.isna() & raw["value"].isna(), "value is missing or NaN")
-    reason = reason.mask(value.isna() & raw["value"].notna(), "value is not a number")
-    reason = reason.mask(ts.isna(), "ts is not a timestamp")
-    reason = reason.mask(raw["device"].isna() | raw["tag"].isna(), "device or tag is missing")
-    bad = reason.notna().to_numpy()
+    lost = value.isna().to_numpy()
+    checks = {  # the first that holds is the row's reason
+        "device or tag is missing": (raw["device"].isna() | raw["tag"].isna()).to_numpy(),
+        "ts is not a timestamp": ts.isna().to_numpy(),
+        "value is not a number": lost & raw["value"].notna().to_numpy(),
+        "value is missing or NaN": lost,
+        "value is not finite": np.isinf(value.to_numpy()),
+    }
+    bad = np.logical_or.reduce(list(checks.values()))
+    # Reasons for the bad rows only: a string per row of the batch cost more than reading it.
+    reason = np.select([c[bad] for c in checks.values()], list(checks), default="")
     good = pd.DataFrame({
         "ts": ts[~bad],
         "device": raw["device"][~bad].astype("string"),
         "tag": raw["tag"][~bad].astype("string"),
         "value": value[~bad].astype("float64"),
     }).reset_index(drop=True)
-    quarantined = raw[bad].astype("string").assign(reason=reason[bad]).reset_index(drop=True)
+    quarantined = raw[bad].astype("string").assign(reason=pd.array(reason, dtype="string")).reset_index(drop=True)
     return good, quarantined
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -69,10 +70,21 @@ def predictions_frame(
     return pd.DataFrame(
         {
             "ts": pd.to_datetime(np.concatenate([f.ts for f, *_ in scored]), utc=True),
-            "device": pd.array(np.repeat([f.key[0] for f, *_ in scored], sizes), dtype="string"),
-            "tag": pd.array(np.repeat([f.key[1] for f, *_ in scored], sizes), dtype="string"),
+            "device": _repeated([f.key[0] for f, *_ in scored], sizes),
+            "tag": _repeated([f.key[1] for f, *_ in scored], sizes),
             "score": np.concatenate([s for _, s, _, _ in scored]),
             "anomaly": np.concatenate([a for _, _, a, _ in scored]).astype("int8"),
-            "model_sha256": pd.array(np.repeat([h for *_, h in scored], sizes), dtype="string"),
+            "model_sha256": _repeated([h for *_, h in scored], sizes),
         }
     )
+
+
+def _repeated(values: Sequence[str | None], sizes: Sequence[int]) -> pd.arrays.ArrowStringArray:
+    """Each value repeated ``sizes`` times, as a string column built by Arrow.
+
+    One small dictionary expanded in C++: building the column from 72,000 Python strings cost a
+    third of a 100-device batch.
+    """
+    codes = pa.array(np.repeat(np.arange(len(values), dtype=np.int32), sizes))
+    dictionary = pa.array(list(values), pa.large_string())
+    return pd.arrays.ArrowStringArray(pa.DictionaryArray.from_arrays(codes, dictionary).cast(pa.large_string()))
