@@ -213,7 +213,8 @@ def parser() -> argparse.ArgumentParser:
     legacy.add_argument("--no-activate", action="store_true",
                         help="write and sign the version but leave the live version as it is")
 
-    hourly = command("serve", serve, "serve score-fleet every hour and backfill-fleet on demand, until Ctrl-C")
+    hourly = command("serve", serve, "serve score-fleet every hour, backfill-fleet on demand and maintain-tables "
+                     "nightly, until Ctrl-C")
     hourly.add_argument("--cron", help="when hourly runs start, a cron line in UTC; each run scores "
                         "the hour before (default: five minutes past every hour)")
     _add_run_options(hourly)

@@ -73,7 +73,7 @@ def by_polars(store: Store, name: str, hour) -> pd.DataFrame:
 def by_duckdb(store: Store, name: str, hour) -> pd.DataFrame:
     """DuckDB over the committed files only (its delta extension cannot be downloaded here); blobs through fsspec."""
     uris = delta(store, name).file_uris(
-        partition_filters=[(c, "=", v) for c, v in layout.partition_values(hour).items()])
+        file_pruning_predicate=[(c, "=", v) for c, v in layout.partition_values(hour).items()])
     con = duckdb.connect()
     if not store.is_local:
         con.register_filesystem(store.fs)
