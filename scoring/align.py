@@ -115,17 +115,19 @@ class Aligned:
 
     def rows_of(self, device: str) -> slice:
         """The rows of one device (empty if it sent none)."""
-        code = np.searchsorted(self.devices, device)
-        if code == len(self.devices) or self.devices[code] != device:
-            return slice(0, 0)
-        return slice(*np.searchsorted(self.device, [code, code + 1]))
+        code = code_of(self.devices, device)
+        return slice(0, 0) if code is None else slice(*np.searchsorted(self.device, [code, code + 1]))
 
     def counts_of(self, device: str) -> tuple[int, int]:
         """``(duplicates dropped, readings superseded)`` of one device."""
-        code = np.searchsorted(self.devices, device)
-        if code == len(self.devices) or self.devices[code] != device:
-            return 0, 0
-        return int(self.duplicates[code]), int(self.superseded[code])
+        code = code_of(self.devices, device)
+        return (0, 0) if code is None else (int(self.duplicates[code]), int(self.superseded[code]))
+
+
+def code_of(names: np.ndarray, name: str) -> int | None:
+    """The code of ``name`` among sorted ``names``, or ``None`` if it is not one of them."""
+    code = int(np.searchsorted(names, name))
+    return code if code < len(names) and names[code] == name else None
 
 
 def align(telemetry: pd.DataFrame, grid: Grid) -> Aligned:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from scoring.align import Aligned, Grid, align, quarantine
+from scoring.align import Aligned, Grid, align, code_of, quarantine
 from scoring.records import Failure, Features, ModelKey
 
 LONG_COLUMNS = ("ts", "device", "tag", "value")
@@ -128,8 +128,8 @@ class _ColumnLookup:
 
 def _rows_of_tag(aligned: Aligned, rows: slice, tag: str) -> slice:
     """The rows of one tag within one device's rows (sorted by tag code)."""
-    code = np.searchsorted(aligned.tags, tag)
-    if code == len(aligned.tags) or aligned.tags[code] != tag:
+    code = code_of(aligned.tags, tag)
+    if code is None:
         return slice(0, 0)
     first, last = np.searchsorted(aligned.tag[rows], [code, code + 1])
     return slice(rows.start + first, rows.start + last)

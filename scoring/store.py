@@ -155,11 +155,7 @@ class Store:
 
     def list(self, rel: str) -> list[str]:
         """Layout paths of the files directly under ``rel`` (empty if it does not exist)."""
-        try:
-            entries = self.fs.ls(self.path(rel), detail=True)
-        except FileNotFoundError:
-            return []
-        return sorted(self.rel(e["name"]) for e in entries if e["type"] == "file")
+        return [e["path"] for e in self.list_detail(rel)]
 
     def list_detail(self, rel: str) -> list[dict]:
         """Like :meth:`list`, with each file's ``size`` and ``version`` (blob etag, else modification time)."""
