@@ -1,5 +1,8 @@
 """A picture of an hour's anomalies: devices by minute, as an SVG heat map embedded in markdown.
 
+Drawn from the device-hour rows' per-minute counts (``scoring.alerts``), which
+the workers compute: the flow never reads a prediction back to draw it.
+
 SVG written by hand rather than a matplotlib PNG: no plotting library (and its
 fonts and native wheels) in the image that runs flows and Dask workers, the
 picture stays a few kilobytes, and it scales sharply in the UI.
@@ -12,18 +15,36 @@ from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 
+import numpy as np
 import pandas as pd
+
+from scoring.alerts import minute_counts
 
 MINUTES = 60
 CELL_W, CELL_H = 10, 14
 LABEL_W, TOP, BOTTOM = 120, 24, 22
 
 
-def minute_shares(frame: pd.DataFrame, hour: datetime, devices: Sequence[str]) -> pd.DataFrame:
+def minute_shares(device_hours: pd.DataFrame, devices: Sequence[str]) -> pd.DataFrame:
     """Share of anomalous rows per device (rows, in ``devices`` order) and minute of the hour (columns).
 
-    Minutes without rows are NaN, so a silent device is told apart from a normal one.
+    A device's models (one per sensor, or one) add up: flagged steps over scored
+    steps. Minutes without a scored row are NaN, so a silent device is told apart
+    from a normal one.
     """
+    order = {device: i for i, device in enumerate(devices)}
+    scored, flagged = np.zeros((2, len(devices), MINUTES))
+    rows = device_hours[device_hours["device"].isin(list(order)) & device_hours["minutes"].notna()]
+    for device, record in zip(rows["device"], rows["minutes"]):
+        counts = minute_counts(record)
+        scored[order[device]] += counts[0]
+        flagged[order[device]] += counts[1]
+    shares = np.divide(flagged, scored, out=np.full_like(flagged, np.nan), where=scored > 0)
+    return pd.DataFrame(shares, index=list(devices), columns=range(MINUTES))
+
+
+def predictions_minute_shares(frame: pd.DataFrame, hour: datetime, devices: Sequence[str]) -> pd.DataFrame:
+    """The same shares computed from the hour's predictions; delete once flows/score.py draws from device hours."""
     rows = frame[frame["device"].isin(devices)]
     minute = (rows["ts"] - pd.Timestamp(hour)) // pd.Timedelta(minutes=1)
     table = rows.assign(minute=minute).pivot_table(index="device", columns="minute", values="anomaly",

@@ -10,7 +10,7 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from flows.picture import heatmap_svg, markdown_image, minute_shares
+from flows.picture import heatmap_svg, markdown_image, minute_shares, predictions_minute_shares
 from scoring import alerts, layout
 from scoring.batch import BatchResult
 from scoring.records import Failure
@@ -135,11 +135,24 @@ def pictured_devices(device_hours: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(in_alert(device_hours)["device"]))[:DEVICES_PICTURED]
 
 
+def anomaly_map(hour: datetime, device_hours: pd.DataFrame) -> str | None:
+    """Markdown with a heat map of the devices in alert per minute over the hour; ``None`` when none is.
+
+    Drawn from the device-hour rows alone, whatever the fleet size: nothing is read back.
+    """
+    devices = pictured_devices(device_hours)
+    return _picture(hour, minute_shares(device_hours, devices)) if devices else None
+
+
 def anomaly_picture(hour: datetime, predictions: pd.DataFrame, devices: Sequence[str]) -> str:
-    """Markdown with a heat map of anomalies per device and minute over the hour."""
+    """The same picture from the hour's predictions; delete once flows/score.py calls :func:`anomaly_map`."""
+    return _picture(hour, predictions_minute_shares(predictions, hour, devices))
+
+
+def _picture(hour: datetime, shares: pd.DataFrame) -> str:
+    """Markdown with the heat map of ``shares`` (devices by minute) over the hour."""
     label = layout.hour_label(hour)
-    svg = heatmap_svg(minute_shares(predictions, hour, devices),
-                      f"Share of anomalous rows per minute, {label} UTC, {len(devices)} devices in alert")
+    svg = heatmap_svg(shares, f"Share of anomalous rows per minute, {label} UTC, {len(shares)} devices in alert")
     return "\n".join([f"# Anomalies per device, {label} UTC", "",
                       markdown_image(svg, f"anomalies per device and minute in {label}"), "",
                       "Red: share of the minute's rows flagged; grey: normal; blank: no data."])

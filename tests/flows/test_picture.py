@@ -1,34 +1,71 @@
-"""The anomaly picture: per-minute shares and the SVG built from them."""
+"""The anomaly picture: per-minute shares from the device-hour rows and the SVG built from them."""
 
 import base64
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 
+from flows import report
 from flows.picture import heatmap_svg, markdown_image, minute_shares
+from scoring import alerts, layout
+from scoring.alerts import AlertRule
+from scoring.align import Grid
+from scoring.records import Failure, Features
 
-HOUR = datetime(2026, 11, 27, 10, tzinfo=timezone.utc)
+HOUR = layout.parse_hour("2026-11-27T10")
+GRID = Grid.over([HOUR], min_coverage=0.0)
+RULE = AlertRule(anomalous_steps=1, within_steps=1)
 
 
-def _rows(device: str, minutes: range, flagged: set[int]) -> pd.DataFrame:
-    ts = pd.DatetimeIndex([pd.Timestamp(HOUR) + pd.Timedelta(minutes=m, seconds=s)
-                           for m in minutes for s in (0, 30)])
-    anomaly = [int(m in flagged and s == 0) for m in minutes for s in (0, 30)]
-    return pd.DataFrame({"ts": ts, "device": device, "anomaly": anomaly})
+def _scored(device: str, steps: np.ndarray, flagged: set[int], tag: str | None = None) -> tuple[dict, pd.DataFrame]:
+    """A model's device-hour row and its predictions (``ts, device, anomaly``), as the batch makes them."""
+    ts = GRID.times(steps)
+    anomaly = np.isin(steps, list(flagged)).astype("int8")
+    row = alerts.device_hour(Features((device, tag), ts, np.zeros((len(steps), 1)), expected=GRID.size),
+                             np.zeros(len(steps)), anomaly, GRID, RULE)
+    return row, pd.DataFrame({"ts": ts, "device": device, "anomaly": anomaly})
 
 
-def test_shares_are_per_minute_in_the_given_order_and_nan_where_silent():
-    frame = pd.concat([_rows("a", range(60), {5}), _rows("b", range(30), set()), _rows("c", range(60), {1})])
-    shares = minute_shares(frame, HOUR, ["b", "a"])
-    assert list(shares.index) == ["b", "a"] and list(shares.columns) == list(range(60))
-    assert shares.loc["a", 5] == 0.5 and shares.loc["a"].drop(5).eq(0).all()
-    assert shares.loc["b", :29].eq(0).all() and np.isnan(shares.loc["b", 30:]).all()
+def _from_predictions(predictions: pd.DataFrame, devices: list[str]) -> pd.DataFrame:
+    """What the picture showed when it read the predictions back: the mean anomaly per device and minute."""
+    minute = (predictions["ts"] - pd.Timestamp(HOUR).tz_localize(None)) // pd.Timedelta(minutes=1)
+    table = predictions.assign(minute=minute).pivot_table(index="device", columns="minute", values="anomaly",
+                                                          aggfunc="mean")
+    return table.reindex(index=devices, columns=range(60))
+
+
+def test_shares_equal_those_of_the_predictions_and_are_nan_where_nothing_was_scored():
+    rng = np.random.default_rng(7)
+    every = np.arange(GRID.size)
+    models = [_scored("a", every, {60, 62, 300}),                                 # minutes 5 and 25
+              _scored("b", every[:360], set()),                                   # silent after minute 30
+              _scored("c", np.sort(rng.choice(every, 500, replace=False)),        # gaps: 7, 9, 10 ... of 12
+                      set(rng.choice(every, 80).tolist()), tag="t1"),
+              _scored("c", every[::2], set(every[::7].tolist()), tag="t2")]      # a second sensor adds up
+    rows = alerts.device_hours([row for row, _ in models] + [alerts.unscored(Failure("d", "bad"), GRID)])
+    shares = minute_shares(rows, ["b", "a", "c", "d"])
+    expected = _from_predictions(pd.concat([p for _, p in models]), ["b", "a", "c", "d"])
+    assert list(shares.index) == ["b", "a", "c", "d"] and list(shares.columns) == list(range(60))
+    assert shares.loc["a", [5, 25]].tolist() == [2 / 12, 1 / 12] and shares.loc["a"].drop([5, 25]).eq(0).all()
+    assert shares.loc["b", :29].eq(0).all() and shares.loc["b", 30:].isna().all() and shares.loc["d"].isna().all()
+    np.testing.assert_array_equal(shares.to_numpy(), expected.to_numpy())  # the same floats, bit for bit
+
+
+def test_the_map_draws_the_devices_in_alert_from_the_committed_rows_too():
+    rows = alerts.device_hours([_scored("a", np.arange(GRID.size), {5})[0],
+                                _scored("quiet", np.arange(GRID.size), set())[0]])
+    committed = rows.astype({"minutes": object})  # as read back from the Delta table: bytes objects
+    pictures = [report.anomaly_map(HOUR, frame) for frame in (rows, committed)]
+    assert pictures[0] == pictures[1] and "1 devices in alert" in base64.b64decode(
+        pictures[0].split("base64,", 1)[1].split(")", 1)[0]).decode()
+    assert report.anomaly_map(HOUR, rows[rows["device"] == "quiet"]) is None
 
 
 def test_svg_draws_a_cell_per_reported_minute_and_escapes_labels():
-    frame = pd.concat([_rows("a<b", range(60), {5}), _rows("quiet", range(10), set())])
-    svg = heatmap_svg(minute_shares(frame, HOUR, ["a<b", "quiet"]), "title & more")
+    shares = pd.DataFrame(np.full((2, 60), np.nan), index=["a<b", "quiet"])
+    shares.loc["a<b"], shares.loc["quiet", :9] = 0.0, 0.0
+    shares.loc["a<b", 5] = 0.5
+    svg = heatmap_svg(shares, "title & more")
     assert svg.count("<rect") == 1 + 60 + 10  # background, device a<b, quiet's ten minutes
     assert svg.count("rgba(214,39,40,") == 1
     assert ">a&lt;b</text>" in svg and "title &amp; more" in svg

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,6 +43,16 @@ def test_a_device_hour_says_what_was_scored_and_whether_it_alerts():
     assert row["rows"] == 8 and row["coverage"] == pytest.approx(8 / 720)
     assert (row["anomalies"], row["longest_run"], row["alert"]) == (4, 3, True)
     assert row["min_score"] == -1 and (row["filled"], row["duplicates"]) == (2, 1)
+    scored, flagged = alerts.minute_counts(row["minutes"])
+    assert len(scored) == len(flagged) == 60 and len(row["minutes"]) == 240
+    assert (scored[[0, 8]].tolist(), flagged[[0, 8]].tolist()) == ([5, 3], [3, 1])  # step 100 is 8:20
+    assert scored.sum() == 8 and flagged.sum() == 4
+
+
+def test_a_minute_of_too_many_steps_is_refused_with_the_setting_to_change():
+    grid = Grid.over([HOUR], step=timedelta(microseconds=500), min_coverage=0.0)
+    with pytest.raises(ValueError, match="more than 65535 steps of 0:00:00.000500: set fleetscore.telemetry.step"):
+        alerts.minute_record(np.arange(70_000), np.arange(0), grid)
 
 
 def test_the_table_is_typed_and_sorted_and_holds_unscored_models():
@@ -49,4 +61,4 @@ def test_the_table_is_typed_and_sorted_and_holds_unscored_models():
     assert frame["device"].tolist() == ["a", "d0"] and frame["status"].tolist() == ["failed", "silent"]
     assert frame.dtypes.astype(str).to_dict() == {k: ("string" if v == "string" else v)
                                                   for k, v in alerts.DEVICE_HOUR_COLUMNS.items()}
-    assert not frame["alert"].any() and pd.isna(frame["min_score"]).all()
+    assert not frame["alert"].any() and pd.isna(frame["min_score"]).all() and frame["minutes"].isna().all()
