@@ -62,6 +62,12 @@ class Outcome:
     parts: dict[str, float] = field(default_factory=dict)
 
 
+def combined(parts: Sequence[Outcome]) -> Outcome:
+    """One outcome of a contender measured in parts (the floors, one file's devices at a time)."""
+    return Outcome(sum(p.devices for p in parts), sum(p.rows for p in parts), sum(p.anomalies for p in parts),
+                   sum(p.seconds for p in parts), parts[0].note)
+
+
 def fresh_predictions(bench: Bench) -> None:
     """Remove the tables: data files are content-addressed, and one already there is not rewritten."""
     folder = bench.store.path(layout.TABLES)

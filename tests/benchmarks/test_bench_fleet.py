@@ -1,15 +1,20 @@
 """The benchmark's fleet is what the pipeline reads, and its memory sampler sees worker processes."""
 
+import json
+import os
 import subprocess
 import sys
 
 import numpy as np
+import psutil
 import pytest
+from distributed import Client
 
-from benchmarks import contenders
+from benchmarks import contenders, run
 from benchmarks.contenders import Bench
 from benchmarks.fleet import SCORED_HOUR, FleetSize, fleet_values, prepare, ready_matrices
-from benchmarks.memory import PeakMemory
+from benchmarks.memory import PeakMemory, separate_cluster
+from benchmarks.run import floor_rows
 from flows import rules
 from scoring import models, telemetry
 from scoring.features import to_features
@@ -68,3 +73,60 @@ def test_peak_memory_counts_a_new_child_process_not_the_driver():
         subprocess.run([sys.executable, "-c", grow], check=True)
     assert memory.worker_mb > 200
     assert memory.driver_mb > 0
+
+
+def test_peak_memory_reports_a_process_apart_and_not_as_a_worker():
+    grow = "b = bytearray(200 * 1024 * 1024); import time; time.sleep(1.5)"
+    apart = subprocess.Popen([sys.executable, "-c", grow])
+    try:
+        with PeakMemory(interval=0.02, apart={"scheduler": apart.pid}) as memory:
+            subprocess.run([sys.executable, "-c", "import time; time.sleep(0.5)"], check=True)
+            apart.wait()
+    finally:
+        apart.kill()
+    assert memory.apart_mb["scheduler"] > 200
+    assert 0 < memory.worker_mb < 100
+
+
+def test_the_separate_cluster_runs_scheduler_and_workers_outside_this_process():
+    with separate_cluster(2) as cluster, Client(cluster.address) as client:
+        assert client.run_on_scheduler(os.getpid) == cluster.scheduler != os.getpid()
+        workers = set(client.run(os.getpid).values())
+        assert len(workers) == 2
+        assert workers <= {c.pid for c in psutil.Process(cluster.workers).children(recursive=True)}
+    assert not psutil.pid_exists(cluster.scheduler)
+
+
+def test_the_floors_in_chunks_add_up_to_the_whole_fleet(fleet, tmp_path):
+    size, store = fleet
+    bench = Bench(store, SCORED_HOUR, models.read_manifest(store), 1, tmp_path)
+    sklearn, fastpath = floor_rows(bench, size)
+    loaded, _ = models.load_models(store, bench.manifest, bench.manifest["models"])
+    whole = contenders.sklearn_floor(bench, [loaded[n].reference for n in sorted(loaded)], ready_matrices(size))
+    for row in (sklearn, fastpath):
+        assert (row["devices"], row["rows"], row["anomalies"]) == (12, whole.rows, whole.anomalies)
+
+
+def test_the_run_measures_only_the_contenders_asked_for(fleet, tmp_path, monkeypatch):
+    """The floors, the plain Dask batches and the flow, with the memory of each process, in one JSON."""
+    size, _ = fleet
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    assert run.main(["--devices", "12", "--rows", "60", "--tags", "3", "--contenders", "dask-batches,flow",
+                     "--memory-sizes", "12"]) == 0
+    (written,) = tmp_path.glob("bench-12x60x3-*.json")
+    result = json.loads(written.read_text())
+    names = [r["name"] for r in result["rows"]]
+    assert names == [run.SKLEARN_FLOOR, run.FASTPATH_FLOOR, "Dask, fleetscore batches, no Prefect",
+                     "fleetscore score (flow, end to end)"]
+    assert {(r["devices"], r["anomalies"]) for r in result["rows"]} == {(12, result["rows"][0]["anomalies"])}
+    assert 0 < result["phases"]["prefect_share"] < 1 and result["phases"]["fixed"] > 0
+    (memory,) = result["memory"]
+    assert memory["devices"] == 12 and min(memory["driver_mb"], memory["scheduler_mb"], memory["worker_mb"]) > 50
+
+
+def test_contenders_are_checked_and_memory_defaults_to_the_fleet_size():
+    assert run.parse_args(["--devices", "500"]).memory_sizes == [500]
+    assert run.parse_args(["--memory-sizes", ""]).memory_sizes == []
+    assert run.parse_args(["--contenders", ""]).contenders == []
+    with pytest.raises(SystemExit):
+        run.parse_args(["--contenders", "flow,spak"])
