@@ -12,6 +12,9 @@ from typing import Any
 
 from distributed import Client, as_completed
 
+PROGRESS_LINES = 20
+"""Progress lines per run, whatever its number of batches: Prefect ships every log line to its API."""
+
 
 def run_batches(
     client: Client,
@@ -27,8 +30,10 @@ def run_batches(
     A batch that still fails after ``retries`` Dask retries (a lost worker, a
     storage error) is turned into a result by ``on_error(index, exc)``, so one
     batch never sinks the others. Results are small: parts are written by workers.
-    ``on_done()`` is called after each batch, e.g. to move a progress bar.
+    ``on_done()`` is called after each batch, e.g. to move a progress bar; the log
+    says ``batch i/n done`` for at most ``PROGRESS_LINES`` of them, and every failure.
     """
+    every = -(-len(batches) // PROGRESS_LINES)
     futures = {
         client.submit(func, *args, key=f"{func.__name__}-{name}", retries=retries, pure=False): i
         for i, (name, args) in enumerate(batches)
@@ -41,7 +46,8 @@ def run_batches(
         except Exception as exc:  # noqa: BLE001 - reported per batch, then the run goes on
             logger.warning("batch %s failed after %d retries: %s", batches[index][0], retries, exc)
             results[index] = on_error(index, exc)
-        logger.info("batch %d/%d done (%s)", done, len(batches), batches[index][0])
+        if done % every == 0 or done == len(batches):
+            logger.info("batch %d/%d done (%s)", done, len(batches), batches[index][0])
         if on_done:
             on_done()
     return results

@@ -10,6 +10,7 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
+from cluster.config import setting
 from flows.picture import heatmap_svg, markdown_image, minute_shares, predictions_minute_shares
 from scoring import alerts, layout
 from scoring.batch import BatchResult
@@ -171,17 +172,44 @@ def publish(summary: dict[str, Any], device_hours: pd.DataFrame, failures: Seque
                                  description=f"Anomalies per device and minute in {summary['hour']}")
 
 
-def emit_alerts(summary: dict[str, Any], device_hours: pd.DataFrame) -> None:
-    """One Prefect event per device in alert (``fleetscore.device.alert``) and per silent device
-    (``fleetscore.device.silent``), the device as the resource, so an Automation can notify a team."""
-    for kind, rows in (("alert", in_alert(device_hours)),
-                       ("silent", device_hours[device_hours["status"] == "silent"])):
-        for device, group in rows.groupby("device", sort=True):
+def _per_device(rows: pd.DataFrame, limit: int) -> dict[str, list[dict[str, Any]]]:
+    """The first ``limit`` devices of ``rows``, in their order, each with its models' alert columns."""
+    devices = list(dict.fromkeys(rows["device"]))[:limit]
+    models: dict[str, list[dict[str, Any]]] = {device: [] for device in devices}
+    for record in _records(rows[rows["device"].isin(devices)]):  # one conversion, not one per device
+        models[record["device"]].append(record)
+    return models
+
+
+def emit_alerts(summary: dict[str, Any], device_hours: pd.DataFrame, limit: int | None = None) -> None:
+    """Prefect events an Automation can notify a team of: per device, and one for the fleet's hour.
+
+    One ``fleetscore.device.alert`` per device in alert, the most anomalous first, and one
+    ``fleetscore.device.silent`` per silent device, the device as the resource, up to ``limit``
+    devices of each kind (default ``fleetscore.events.max-devices``): a run's events are a
+    fixed cost, and an hour with thousands of devices in alert is one incident, not thousands of
+    notifications. Then one ``fleetscore.fleet.hour`` with the hour's counts and how many
+    devices had an event, so an Automation can also match on the fleet as a whole.
+    """
+    limit = setting("events.max-devices", limit)
+    silent_rows = device_hours[device_hours["status"] == "silent"].sort_values("device")
+    counts: dict[str, dict[str, int]] = {}
+    for kind, rows in (("alert", in_alert(device_hours)), ("silent", silent_rows)):
+        devices = _per_device(rows, limit)
+        for device, models in devices.items():
             emit_event(
                 event=f"fleetscore.device.{kind}",
                 resource={"prefect.resource.id": f"fleetscore.device.{device}", "prefect.resource.name": device},
-                payload={"hour": summary["hour"], "predictions": summary["predictions"], "models": _records(group)},
+                payload={"hour": summary["hour"], "predictions": summary["predictions"], "models": models},
             )
+        counts[kind] = {"devices": int(rows["device"].nunique()), "events": len(devices)}
+    emit_event(
+        event="fleetscore.fleet.hour",
+        resource={"prefect.resource.id": "fleetscore.fleet", "prefect.resource.name": summary["predictions"]},
+        payload={"hour": summary["hour"], "predictions": summary["predictions"],
+                 "devices_in_alert": counts["alert"]["devices"], "alert_events": counts["alert"]["events"],
+                 "devices_silent": counts["silent"]["devices"], "silent_events": counts["silent"]["events"]},
+    )
 
 
 def enforce_failure_share(summary: dict[str, Any], max_share: float) -> None:
