@@ -22,7 +22,7 @@ from benchmarks.contenders import BENCH_MIN_COVERAGE, Bench, Outcome, fresh_pred
 from cluster.clusters import open_cluster
 from flows import rules
 from scoring import layout, models, predictions, telemetry
-from scoring.batch import plan, score_batch, unmodelled
+from scoring.batch import device_ranges, plan, score_batch
 
 
 @dataclass
@@ -87,21 +87,23 @@ def flow_run(bench: Bench) -> tuple[Outcome, Phases]:
 
 
 def without_prefect(bench: Bench) -> Outcome:
-    """The flow's work with no Prefect: read inputs, one Dask task per pack, commit. Cluster start excluded."""
+    """The flow's work with no Prefect: read inputs, one Dask task per batch, commit. Cluster start excluded."""
     fresh_predictions(bench)
     parts: dict[str, float] = {}
     with cluster_of(bench.workers), open_cluster() as client:
         def run() -> dict[str, Any]:
             (manifest, scan), parts["read_inputs"] = timed(
                 lambda: (models.read_manifest(bench.store), telemetry.scan_hour(bench.store, bench.hour)))
-            failures = unmodelled(scan.devices, manifest)
+            batches = plan(manifest)
             futures = [client.submit(score_batch, bench.store, bench.grid, models.manifest_slice(manifest, names),
-                                     scan.paths, rules.alert_rule(), pure=False) for names in plan(manifest)]
+                                     scan.paths, rules.alert_rule(), span=span, pure=False)
+                       for names, span in zip(batches, device_ranges(manifest, batches))]
             results = client.gather(futures)
+            failures = scan.unreadable + [f for r in results for f in r.failures]
             stats = {"models_scored": sum(r.scored for r in results), "rows": sum(r.rows for r in results),
                      "anomalies": sum(r.anomalies for r in results), "failed": len(failures)}
-            return predictions.commit(bench.store, bench.hour, [r.part for r in results if r.part],
-                                      failures + [f for r in results for f in r.failures], stats)
+            return predictions.commit(bench.store, bench.hour, [r.part for r in results if r.part], failures, stats,
+                                      [r.quarantine for r in results if r.quarantine])
 
         marker, seconds = timed(run)
     return Outcome(marker["models_scored"], marker["rows"], marker["anomalies"], seconds,

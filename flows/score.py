@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from cluster.clusters import open_cluster, size_for_hour
@@ -21,22 +22,25 @@ from flows.progress import BatchProgress
 from flows.retries import STORAGE_RETRIES
 from flows.trust import model_policy, require_signature, signing_key
 from scoring import layout, models, predictions, telemetry
-from scoring.batch import BatchResult, plan, score_batch, unmodelled
+from scoring.batch import BatchResult, device_ranges, plan, score_batch
 from scoring.records import Failure
 from scoring.store import Store
 
 
 @task(**STORAGE_RETRIES)
 def read_inputs(store: Store, hour: datetime, model_version: str | None) -> tuple[models.Manifest, telemetry.HourScan]:
-    """The model manifest and what the hour's folder holds (retried: storage hiccups, never bad files)."""
+    """The model manifest and the hour's files, checked from their footers (retried: storage hiccups, never bad files)."""
     manifest = models.read_manifest(store, model_version, signing_key(), require_signature())  # before any model
     return manifest, telemetry.scan_hour(store, hour)
 
 
-@task(**STORAGE_RETRIES)
+@task(**STORAGE_RETRIES, cache_policy=NO_CACHE)  # its inputs grow with the fleet: never hashed
 def commit_hour(store: Store, hour: datetime, model_version: str, results: list[BatchResult], failures: list[Failure],
                 scan: telemetry.HourScan, device_hours: pd.DataFrame) -> dict[str, Any]:
-    """Replace the hour in every table (predictions, device hours, errors, quarantine), recording this run."""
+    """Replace the hour in every table (predictions, device hours, errors, quarantine), recording this run.
+
+    The batches wrote the predictions and quarantine files; the commit takes them as they are.
+    """
     stats = {
         "flow_run_id": flow_run.id,
         "model_version": model_version,
@@ -46,7 +50,7 @@ def commit_hour(store: Store, hour: datetime, model_version: str, results: list[
         "failed": len(failures),
     }
     parts = [r.part for r in results if r.part]
-    quarantined = [telemetry.anonymous_rows(store, scan.paths), *(r.quarantined for r in results)]
+    quarantined = [r.quarantine for r in results if r.quarantine]
     return predictions.commit(store, hour, parts, failures, stats, quarantined,
                               device_hours, scan.files, setting("tables.commit-attempts"))
 
@@ -127,20 +131,20 @@ def score_fleet(
         grid = rules.grid([when], step, max_fill, min_coverage)
         manifest, scan = read_inputs(target, when, model_version)
         check_granularity(manifest, granularity)
-        failures = scan.unreadable + unmodelled(scan.devices, manifest)
+        failures = list(scan.unreadable)
         for failure in scan.unreadable:
             logger.warning("unreadable telemetry file, the rest of the hour is scored: %s", failure)
         batches = plan(manifest)
-        logger.info("scoring %s: %d models in %d batches, %d devices reporting in %d files", layout.hour_label(when),
-                    len(manifest["models"]), len(batches), len(scan.devices), len(scan.files))
+        logger.info("scoring %s: %d models in %d batches, %d files", layout.hour_label(when),
+                    len(manifest["models"]), len(batches), len(scan.files))
         bounds, sized = size_for_hour(cluster, len(batches), adapt_bounds(adapt_minimum, adapt_maximum))
         logger.info("cluster size: %s", sized)
         with open_cluster(cluster, address=address, adapt=bounds) as client:
             logger.info("Dask dashboard: %s", client.dashboard_link)
             policy, rule = model_policy(), rules.alert_rule()
             jobs = [(f"{layout.hour_label(when)}-{i:05d}",
-                     (target, grid, models.manifest_slice(manifest, names), scan.paths, rule, policy))
-                    for i, names in enumerate(batches)]
+                     (target, grid, models.manifest_slice(manifest, names), scan.paths, rule, policy, span))
+                    for i, (names, span) in enumerate(zip(batches, device_ranges(manifest, batches)))]
             with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
                 results = run_batches(client, score_batch, jobs,
                                       lambda i, exc: _lost_batch(manifest, batches[i], exc), logger,

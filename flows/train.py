@@ -34,7 +34,7 @@ def window_devices(store: Store, hours: list[datetime]) -> list[str]:
     scans = [telemetry.scan_hour(store, h) for h in hours]
     for failure in (f for scan in scans for f in scan.unreadable):
         get_run_logger().warning("unreadable telemetry file, left out of training: %s", failure)
-    return sorted({d for scan in scans for d in scan.devices})
+    return sorted({d for scan in scans for d in telemetry.hour_devices(store, scan)})
 
 
 def refusals(results: list[TrainResult], failures: list[Failure], devices: int, max_share: float) -> list[str]:

@@ -132,8 +132,8 @@ def code_of(names: np.ndarray, name: str) -> int | None:
 
 def align(telemetry: pd.DataFrame, grid: Grid) -> Aligned:
     """Apply the rules of this module to normalised telemetry (``ts, device, tag, value``)."""
-    device, devices = pd.factorize(telemetry["device"], sort=True)
-    tag, tags = pd.factorize(telemetry["tag"], sort=True)
+    device, devices = _factorized(telemetry["device"])
+    tag, tags = _factorized(telemetry["tag"])
     ts = telemetry["ts"].to_numpy(dtype="datetime64[ns]")
     value = telemetry["value"].to_numpy(dtype="float64")
     order = _sorted_order(device * len(tags) + tag, ts, value, grid)
@@ -144,31 +144,48 @@ def align(telemetry: pd.DataFrame, grid: Grid) -> Aligned:
     same_reading = _same_as_previous(device, tag, ts)
     duplicate = same_reading & (value == np.r_[np.nan, value[:-1]])
     duplicates = np.bincount(device[duplicate], minlength=len(devices))
-    keep = ~duplicate
-    device, tag, ts, value, step, source = (a[keep] for a in (device, tag, ts, value, step, source))
+    device, tag, ts, value, step, source = _kept(~duplicate, device, tag, ts, value, step, source)
 
     conflict = _in_groups_of_several(_same_as_previous(device, tag, ts))
     outside = (step < 0) | (step >= grid.size)
-    reasons = np.where(conflict, "conflicting values for the same device, tag and ts",
-                       np.where(outside, f"ts outside {grid.label} (nearest step is not in it)", ""))
-    bad = reasons != ""
-    quarantined = quarantine(telemetry, source[bad], reasons[bad])
-    keep = ~bad
-    device, tag, ts, value, step, source = (a[keep] for a in (device, tag, ts, value, step, source))
+    bad = conflict | outside
+    # Reasons for the bad rows only: a string per row of the batch costs more than aligning it.
+    reasons = np.where(conflict[bad], "conflicting values for the same device, tag and ts",
+                       f"ts outside {grid.label} (nearest step is not in it)")
+    quarantined = quarantine(telemetry, source[bad], reasons)
+    device, tag, ts, value, step, source = _kept(~bad, device, tag, ts, value, step, source)
 
     nearest, superseded = _nearest_in_step(device, tag, ts, step, grid)
+    counted = np.bincount(device[superseded], minlength=len(devices))
+    device, tag, step, value, source = _kept(nearest, device, tag, step, value, source)
     return Aligned(
         devices=np.asarray(devices, dtype=object), tags=np.asarray(tags, dtype=object),
-        device=device[nearest], tag=tag[nearest], step=step[nearest], value=value[nearest],
-        source=source[nearest],
-        duplicates=duplicates, superseded=np.bincount(device[superseded], minlength=len(devices)),
-        quarantined=quarantined,
+        device=device, tag=tag, step=step, value=value, source=source,
+        duplicates=duplicates, superseded=counted, quarantined=quarantined,
     )
+
+
+def _factorized(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Codes of a column's values and the values, sorted as Python sorts strings (:func:`code_of` searches them).
+
+    Categories (cheap to factorize: batches read ids as categories) are sorted first, since
+    ``factorize`` keeps a categorical's own order of categories.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.cat.set_categories(sorted(values.cat.categories))
+    return pd.factorize(values, sort=True)
+
+
+def _kept(keep: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The rows of ``arrays`` where ``keep`` holds, without a copy when it holds everywhere (the usual case)."""
+    return arrays if keep.all() else tuple(a[keep] for a in arrays)
 
 
 def quarantine(telemetry: pd.DataFrame, rows: np.ndarray, reasons: np.ndarray | list[str]) -> pd.DataFrame:
     """Some telemetry rows as strings, with their ``file`` if known and the reason, for the quarantine."""
     columns = [c for c in (*QUARANTINE_COLUMNS[:-1], "file") if c in telemetry.columns]
+    if len(rows) == 0:  # the usual case, and converting even no rows to strings costs a batch milliseconds
+        return pd.DataFrame({c: pd.array([], "string") for c in (*columns, "reason")})
     return telemetry.iloc[rows][columns].astype("string").assign(reason=reasons).reset_index(drop=True)
 
 

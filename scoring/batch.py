@@ -1,10 +1,12 @@
 """The unit of work sent to a Dask worker: score (or train) one batch of devices.
 
 Plain functions of picklable arguments, no Prefect: the flow maps them over the
-cluster. A batch reads only its devices from the hour's files, once, loads its
-models in one pack read, scores them and writes one part file. Errors of one
-device become :class:`Failure` records; errors of the storage itself (network,
-permissions) are raised, so Dask's retries and the flow can handle them.
+cluster. A batch reads the rows of its own range of device ids from the hour's
+files, once, loads its models in one pack read, scores them and writes one
+predictions file and one quarantine file. Errors of one device become
+:class:`Failure` records; errors of the storage itself (network, permissions)
+are raised, so Dask's retries and the flow can handle them. What returns to the
+flow is small: counts, failures, the batch's device-hour rows and the files written.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from scoring import predictions, telemetry
 from scoring.alerts import AlertRule
 from scoring.align import Grid
 from scoring.features import to_features
+from scoring.layout import check_id
 from scoring.model_format import ModelPolicy
 from scoring.models import Manifest
-from scoring.predict import predict, predictions_frame
-from scoring.layout import check_id
+from scoring.predict import predict, predictions_table
 from scoring.records import Failure, key_name, parse_key
 from scoring.store import Store
 from scoring.tables import DataFile
+from scoring.telemetry import DeviceRange
 
 
 @dataclass
@@ -36,15 +39,16 @@ class BatchResult:
 
     ``device_hours`` has one row per model of the batch (:mod:`scoring.alerts`),
     scored or not, so the flow can say which devices need a look without
-    reading a single prediction back.
+    reading a single prediction back. ``part`` and ``quarantine`` are the files the
+    batch wrote into the predictions and quarantine tables, for the flow's commit.
     """
 
     names: list[str]
     part: DataFile | None = None
+    quarantine: DataFile | None = None
     rows: int = 0
     failures: list[Failure] = field(default_factory=list)
     device_hours: pd.DataFrame = field(default_factory=lambda: alerts.device_hours([]))
-    quarantined: pd.DataFrame | None = None
     seconds: float = 0.0
 
     @property
@@ -55,13 +59,44 @@ class BatchResult:
     def anomalies(self) -> int:
         return int(self.device_hours["anomalies"].sum())
 
+    @property
+    def quarantined(self) -> int:
+        """Telemetry rows the batch quarantined."""
+        return self.quarantine.rows if self.quarantine else 0
 
-def plan(manifest: Manifest) -> list[list[str]]:
-    """Batches of model names, one per pack: deterministic, so reruns write the same files."""
-    batches: dict[str, list[str]] = {}
-    for name, entry in sorted(manifest["models"].items()):
-        batches.setdefault(entry.get("pack", ""), []).append(name)
-    return [batches[p] for p in sorted(batches)]
+
+def plan(manifest: Manifest, size: int | None = None) -> list[list[str]]:
+    """Batches of model names over consecutive devices: deterministic, so reruns write the same files.
+
+    Devices are taken in order, every model of a device in the same batch, and a
+    batch closes once it holds ``size`` models (default: the manifest's largest
+    pack, so a trained version gives one batch per pack). Consecutive devices let
+    each batch own a range of device ids (:func:`device_ranges`). A manifest without
+    models still gets one (empty) batch, which names every device as unmodelled.
+    """
+    entries = manifest["models"]
+    size = size or max((len(p["models"]) for p in manifest.get("packs", {}).values()), default=len(entries))
+    batches: list[list[str]] = []
+    previous = None
+    for name in sorted(entries, key=lambda n: (entries[n]["device"], entries[n]["tag"] or "")):
+        device = entries[name]["device"]
+        if not batches or (len(batches[-1]) >= size and device != previous):
+            batches.append([])
+        batches[-1].append(name)
+        previous = device
+    return batches or [[]]
+
+
+def device_ranges(manifest: Manifest, batches: Sequence[Sequence[str]]) -> list[DeviceRange]:
+    """Each batch's device ids: from its first device up to the next batch's first, both ends open.
+
+    Together the ranges hold every possible id exactly once, so each device in the
+    hour's files is read by one batch, and one without a model is named by the batch
+    whose range holds it: the flow never reads a telemetry row.
+    """
+    firsts = [manifest["models"][names[0]]["device"] if names else None for names in batches]
+    bounds = [None, *firsts[1:], None]
+    return [DeviceRange(bounds[i], bounds[i + 1]) for i in range(len(batches))]
 
 
 def valid_devices(devices: Sequence[str]) -> tuple[list[str], list[Failure]]:
@@ -85,35 +120,39 @@ def unmodelled(devices: Sequence[str], manifest: Manifest) -> list[Failure]:
     ]
 
 
-def _read_devices(store: Store, devices: list[str], files: Sequence[str],
-                  names: Sequence[str], manifest: Manifest) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[Failure]]:
-    """The batch's valid rows of the hour and its quarantined rows; a file unreadable now fails every model."""
+def _read(store: Store, files: Sequence[str], span: DeviceRange, names: Sequence[str],
+          manifest: Manifest) -> tuple[telemetry.Rows | None, list[Failure]]:
+    """The batch's rows of the hour (its loaded models' devices); a file unreadable now fails every model."""
     try:
-        return *telemetry.read_rows(store, files, devices), []
+        return telemetry.read_rows(store, files, span, {manifest["models"][n]["device"] for n in names}), []
     except telemetry.UnreadableFile as exc:
         entries = [manifest["models"][n] for n in names]
-        return None, None, [Failure(e["device"], exc.reason, exc.file, e["tag"]) for e in entries]
+        return None, [Failure(e["device"], exc.reason, exc.file, e["tag"]) for e in entries]
 
 
 def score_batch(store: Store, grid: Grid, manifest: Manifest, files: Sequence[str],
-                rule: AlertRule, policy: ModelPolicy = ModelPolicy()) -> BatchResult:
+                rule: AlertRule, policy: ModelPolicy = ModelPolicy(), span: DeviceRange | None = None) -> BatchResult:
     """Score every model of ``manifest`` (a :func:`~scoring.models.manifest_slice`) on one hour.
 
     ``files`` are the hour's telemetry files the flow found readable; ``grid``
     and ``rule`` are the hour's alignment and alert rules; ``policy`` says which
-    model formats besides plain arrays may be loaded (the flow's settings).
+    model formats besides plain arrays may be loaded (the flow's settings);
+    ``span`` is the batch's range of device ids (:func:`device_ranges`), by default
+    the range of its models' devices. Devices in the range without a model are
+    named in the failures (they have no device-hour row).
     """
     started = time.perf_counter()
     names = sorted(manifest["models"])
+    span = span or DeviceRange.around([e["device"] for e in manifest["models"].values()])
     loaded, failures = model_io.load_models(store, manifest, names, policy)
-    devices = sorted({manifest["models"][n]["device"] for n in loaded})
-    rows, quarantined, read_failures = _read_devices(store, devices, files, list(loaded), manifest)
+    read, read_failures = _read(store, files, span, list(loaded), manifest)
     failures += read_failures
-    scored, summaries = [], []
-    if rows is not None:
+    scored, summaries, quarantined = [], [], []
+    if read is not None:
+        quarantined.append(read.quarantined)
         specs = {parse_key(n): manifest["models"][n]["features"] for n in loaded}
-        features, feature_failures, misaligned = to_features(rows, specs, grid)
-        quarantined = pd.concat([quarantined, misaligned], ignore_index=True)
+        features, feature_failures, misaligned = to_features(read.rows, specs, grid)
+        quarantined.append(misaligned)
         failures += feature_failures
         for f in features:
             entry = manifest["models"][key_name(f.key)]
@@ -124,11 +163,12 @@ def score_batch(store: Store, grid: Grid, manifest: Manifest, files: Sequence[st
                 continue
             scored.append((f, score, anomaly, entry["sha256"]))
             summaries.append(alerts.device_hour(f, score, anomaly, grid, rule))
-    frame = predictions_frame(scored)
     summaries += [alerts.unscored(f, grid) for f in failures]
-    result = BatchResult(names, rows=len(frame), failures=failures,
-                         device_hours=alerts.device_hours(summaries), quarantined=quarantined)
-    if len(frame):
-        result.part = predictions.write_part(store, grid.start, frame)
+    table = predictions_table(scored)
+    result = BatchResult(names, rows=table.num_rows, device_hours=alerts.device_hours(summaries),
+                         failures=failures + (unmodelled(read.devices, manifest) if read else []))
+    if table.num_rows:
+        result.part = predictions.write_part(store, grid.start, table)
+    result.quarantine = predictions.write_quarantine(store, grid.start, quarantined)
     result.seconds = time.perf_counter() - started
     return result

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -16,7 +15,9 @@ from scoring import fastpath
 from scoring.fastpath import CompiledOCSVM
 from scoring.records import Features
 
-PREDICTION_COLUMNS = ("ts", "device", "tag", "score", "anomaly", "model_sha256")
+PREDICTIONS = pa.schema([("ts", pa.timestamp("us", "UTC")), ("device", pa.large_string()), ("tag", pa.large_string()),
+                         ("score", pa.float64()), ("anomaly", pa.int8()), ("model_sha256", pa.large_string())])
+"""The predictions table's columns: one row per scored timestamp of a model (``tag`` null for a per-device one)."""
 
 
 def fit_model(X: np.ndarray, nu: float, gamma: str | float) -> Pipeline:
@@ -57,29 +58,29 @@ def predict(model: BaseEstimator | CompiledOCSVM, X: np.ndarray) -> tuple[np.nda
     return score, (np.asarray(model.predict(X)).ravel() == -1).astype("int8")
 
 
-def predictions_frame(
+def predictions_table(
     scored: Sequence[tuple[Features, np.ndarray, np.ndarray, str]],
-) -> pd.DataFrame:
-    """Concatenate ``(features, score, anomaly, model_sha256)`` of many models into one frame."""
+) -> pa.Table:
+    """Concatenate ``(features, score, anomaly, model_sha256)`` of many models into one Arrow table.
+
+    Built as Arrow arrays straight from NumPy, as the predictions table stores them
+    (:data:`PREDICTIONS`): no pandas frame between the scores and the file.
+    """
     if not scored:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            PREDICTION_COLUMNS,
-            ["datetime64[ns, UTC]", "string", "string", "float64", "int8", "string"],
-        )})
+        return PREDICTIONS.empty_table()
     sizes = [len(f.ts) for f, *_ in scored]
-    return pd.DataFrame(
-        {
-            "ts": pd.to_datetime(np.concatenate([f.ts for f, *_ in scored]), utc=True),
-            "device": _repeated([f.key[0] for f, *_ in scored], sizes),
-            "tag": _repeated([f.key[1] for f, *_ in scored], sizes),
-            "score": np.concatenate([s for _, s, _, _ in scored]),
-            "anomaly": np.concatenate([a for _, _, a, _ in scored]).astype("int8"),
-            "model_sha256": _repeated([h for *_, h in scored], sizes),
-        }
-    )
+    ts = np.concatenate([f.ts for f, *_ in scored]).astype("datetime64[us]")
+    return pa.table([
+        pa.array(ts, PREDICTIONS.field("ts").type),
+        _repeated([f.key[0] for f, *_ in scored], sizes),
+        _repeated([f.key[1] for f, *_ in scored], sizes),
+        pa.array(np.concatenate([s for _, s, _, _ in scored]), pa.float64()),
+        pa.array(np.concatenate([a for _, _, a, _ in scored]).astype("int8")),
+        _repeated([h for *_, h in scored], sizes),
+    ], schema=PREDICTIONS)
 
 
-def _repeated(values: Sequence[str | None], sizes: Sequence[int]) -> pd.arrays.ArrowStringArray:
+def _repeated(values: Sequence[str | None], sizes: Sequence[int]) -> pa.Array:
     """Each value repeated ``sizes`` times, as a string column built by Arrow.
 
     One small dictionary expanded in C++: building the column from 72,000 Python strings cost a
@@ -87,4 +88,4 @@ def _repeated(values: Sequence[str | None], sizes: Sequence[int]) -> pd.arrays.A
     """
     codes = pa.array(np.repeat(np.arange(len(values), dtype=np.int32), sizes))
     dictionary = pa.array(list(values), pa.large_string())
-    return pd.arrays.ArrowStringArray(pa.DictionaryArray.from_arrays(codes, dictionary).cast(pa.large_string()))
+    return pa.DictionaryArray.from_arrays(codes, dictionary).cast(pa.large_string())

@@ -1,9 +1,9 @@
 """An hour's results as rows of the Delta Lake tables (``tables/<name>``, see :mod:`scoring.tables`).
 
-Batches write their predictions as data files into the predictions table's
-partition of the hour (:func:`write_part`), invisible to every reader. The
-flow's :func:`commit` writes the hour's errors, quarantine and device-hour rows
-and replaces the hour in every table, one transaction per table, recording the
+Batches write their predictions and quarantined rows as data files into the
+tables' partitions of the hour (:func:`write_part`, :func:`write_quarantine`),
+invisible to every reader. The flow's :func:`commit` writes the hour's errors
+and device-hour rows and replaces the hour in every table, one transaction per table, recording the
 run (flow run id, model version, counts, the telemetry files read) in the
 commits. Readers see the previous complete hour or the new one, never a mix;
 files of a run that crashed before its commit are never read, and vacuum
@@ -18,9 +18,10 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from scoring import alerts, tables
-from scoring.predict import predictions_frame
+from scoring.predict import predictions_table
 from scoring.records import QUARANTINE_COLUMNS, Failure
 from scoring.store import Store
 from scoring.tables import DataFile
@@ -29,9 +30,19 @@ from scoring.telemetry import InputFile
 ERROR_COLUMNS = ("device", "tag", "file", "reason")
 
 
-def write_part(store: Store, hour: datetime, frame: pd.DataFrame) -> DataFile:
+def write_part(store: Store, hour: datetime, frame: pa.Table | pd.DataFrame) -> DataFile:
     """Write one batch's predictions into the hour's partition (not yet visible); return the file."""
     return tables.write_file(store, "predictions", hour, frame)
+
+
+def write_quarantine(store: Store, hour: datetime, frames: Sequence[pd.DataFrame | None]) -> DataFile | None:
+    """Write one batch's quarantined rows into the hour's partition (not yet visible); ``None`` without rows.
+
+    Written by the batch, so quarantined rows never travel to the flow: it commits the file.
+    """
+    if not any(f is not None and len(f) for f in frames):
+        return None
+    return tables.write_file(store, "quarantine", hour, quarantine_frame(frames))
 
 
 def errors_frame(failures: Sequence[Failure]) -> pd.DataFrame:
@@ -49,7 +60,7 @@ def quarantine_frame(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame:
 
 
 def commit(store: Store, hour: datetime, parts: Sequence[DataFile], failures: Sequence[Failure],
-           stats: Mapping[str, Any], quarantined: Sequence[pd.DataFrame] = (),
+           stats: Mapping[str, Any], quarantined: Sequence[DataFile] = (),
            device_hours: pd.DataFrame | None = None, inputs: Sequence[InputFile] = (),
            attempts: int = 10) -> dict[str, Any]:
     """Replace the hour in every table with the batches' parts and the flow's own rows.
@@ -60,7 +71,7 @@ def commit(store: Store, hour: datetime, parts: Sequence[DataFile], failures: Se
         parts: the predictions files the batches wrote (:func:`write_part`).
         failures: failed devices, the hour's errors table rows.
         stats: counts, model version and flow run id, recorded in the commits (no secrets).
-        quarantined: telemetry rows that broke the contract.
+        quarantined: the quarantine files the batches wrote (:func:`write_quarantine`).
         device_hours: the per-device-hour rows (:mod:`scoring.alerts`).
         inputs: the telemetry files read, recorded so that changed inputs can be found.
         attempts: tries per table when other commits keep winning (``fleetscore.tables.commit-attempts``).
@@ -72,12 +83,12 @@ def commit(store: Store, hour: datetime, parts: Sequence[DataFile], failures: Se
         scoring.tables.HourConflict: another run committed the hour meanwhile.
         RuntimeError: a part is not in storage (a table never lists a file readers cannot find).
     """
-    kept = quarantine_frame(quarantined)
-    frames = {"errors": errors_frame(failures), "quarantine": kept,
+    frames = {"errors": errors_frame(failures),
               "device_hours": alerts.device_hours([]) if device_hours is None else device_hours}
-    files = {"predictions": list(parts) or [write_part(store, hour, predictions_frame([]))]}  # schema, no rows
+    files = {"predictions": list(parts) or [write_part(store, hour, predictions_table([]))],  # schema, no rows
+             "quarantine": list(quarantined) or [tables.write_file(store, "quarantine", hour, quarantine_frame([]))]}
     files |= {name: [tables.write_file(store, name, hour, frame)] for name, frame in frames.items()}
-    record = {**stats, "quarantined_rows": len(kept), "inputs": [asdict(i) for i in inputs]}
+    record = {**stats, "quarantined_rows": sum(f.rows for f in quarantined), "inputs": [asdict(i) for i in inputs]}
     claim = tables.commit_hour(store, hour, files, record, attempts)
     return tables.commit_record(store, hour, claim)
 

@@ -156,11 +156,12 @@ def _open(store: Store, name: str) -> DeltaTable | None:
 
 # ---------------------------------------------------------------------------- writing data files
 
-def _arrow(frame: pd.DataFrame) -> pa.Table:
-    """A frame as Arrow with Delta's types: timestamps in microseconds, no pandas index."""
-    if clash := set(frame.columns) & set(layout.PARTITION_COLUMNS):
+def _arrow(frame: pd.DataFrame | pa.Table) -> pa.Table:
+    """A frame (or a table built as Arrow) with Delta's types: timestamps in microseconds, no pandas index."""
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    if clash := set(table.column_names) & set(layout.PARTITION_COLUMNS):
         raise ValueError(f"columns {sorted(clash)} are the tables' partition columns; rename them")
-    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    table = table.replace_schema_metadata(None)
     fields = [pa.field(f.name, pa.timestamp("us", f.type.tz)) if pa.types.is_timestamp(f.type) else f
               for f in table.schema]
     return table.cast(pa.schema(fields))
@@ -191,7 +192,7 @@ def _stats(table: pa.Table) -> str:
     return json.dumps(stats)
 
 
-def write_file(store: Store, name: str, hour: datetime, frame: pd.DataFrame) -> DataFile:
+def write_file(store: Store, name: str, hour: datetime, frame: pd.DataFrame | pa.Table) -> DataFile:
     """Write ``frame`` as one Parquet file into table ``name``'s partition of ``hour``; return it.
 
     Invisible to readers until :func:`commit_hour` adds it. Named after its content, so a

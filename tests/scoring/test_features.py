@@ -158,3 +158,13 @@ def test_alignment_counts_per_device():
     aligned = align(long_frame(tiny() + [tiny()[0]] + tiny(device="d2")), grid())
     assert aligned.counts_of("d1") == (1, 0) and aligned.counts_of("d2") == (0, 0)
     assert aligned.counts_of("nobody") == (0, 0)
+
+
+def test_ids_read_as_categories_align_as_text_does_whatever_the_order_of_categories():
+    rows = long_frame(tiny(device="d2") + tiny(device="d1"))
+    as_text = to_features(rows, {("d1", None): ["a", "b"], ("d2", None): ["a", "b"]}, grid())
+    categories = rows.astype({"device": pd.CategoricalDtype(["d2", "d1"]), "tag": pd.CategoricalDtype(["b", "a"])})
+    as_categories = to_features(categories, {("d1", None): ["a", "b"], ("d2", None): ["a", "b"]}, grid())
+    assert [f.key for f in as_categories[0]] == [f.key for f in as_text[0]] == [("d1", None), ("d2", None)]
+    for mine, theirs in zip(as_categories[0], as_text[0]):
+        np.testing.assert_array_equal(mine.X, theirs.X)

@@ -1,7 +1,8 @@
 import numpy as np
+import pandas as pd
 import pytest
 
-from scoring.predict import fit_model, predict, predictions_frame
+from scoring.predict import PREDICTIONS, fit_model, predict, predictions_table
 from scoring.records import Features
 
 
@@ -31,15 +32,17 @@ def test_fit_model_refuses_non_finite_or_tiny_input():
         fit_model(np.ones((1, 2)), nu=0.01, gamma=0.1)
 
 
-def test_predictions_frame_lines_up_rows_and_devices():
+def test_predictions_table_lines_up_rows_and_devices():
     ts = np.array(["2026-11-27T10:00", "2026-11-27T10:00:05"], dtype="datetime64[ns]")
-    frame = predictions_frame([
+    table = predictions_table([
         (Features(("d1", None), ts, np.zeros((2, 1))), np.array([0.5, -1.0]), np.array([0, 1]), "abc"),
         (Features(("d2", "t"), ts[:1], np.zeros((1, 1))), np.array([0.1]), np.array([0]), "def"),
     ])
+    assert table.schema == PREDICTIONS
+    frame = table.to_pandas()
     assert frame["device"].tolist() == ["d1", "d1", "d2"]
     assert frame["tag"].isna().tolist() == [True, True, False]
     assert frame["anomaly"].tolist() == [0, 1, 0]
     assert frame["model_sha256"].tolist() == ["abc", "abc", "def"]
-    assert str(frame["ts"].dt.tz) == "UTC"
-    assert predictions_frame([]).empty
+    assert frame["ts"].tolist() == list(pd.to_datetime(ts[[0, 1, 0]], utc=True))
+    assert predictions_table([]).num_rows == 0 and predictions_table([]).schema == PREDICTIONS

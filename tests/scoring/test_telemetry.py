@@ -2,7 +2,9 @@ import pandas as pd
 import pytest
 
 from scoring import layout, telemetry
+from scoring.batch import device_ranges, plan
 from scoring.generate import device_ids, generate_hour
+from scoring.store import parquet_bytes
 
 HOUR = layout.parse_hour("2026-11-27T10")
 
@@ -16,7 +18,7 @@ def hour_frame():
 def test_an_hour_round_trips_and_a_batch_reads_only_its_devices(any_store, hour_frame):
     rel = telemetry.write_hour(any_store, HOUR, hour_frame)
     assert rel == "telemetry/date=2026-11-27/hour=10/part-00000.parquet"
-    assert telemetry.scan_hour(any_store, HOUR).devices == device_ids(5)
+    assert telemetry.hour_devices(any_store, telemetry.scan_hour(any_store, HOUR)) == device_ids(5)
     some = telemetry.read_hour(any_store, HOUR, ["dev-00001", "dev-00003"])
     assert sorted(some["device"].unique()) == ["dev-00001", "dev-00003"]
     expected = hour_frame[hour_frame["device"].isin(["dev-00001", "dev-00003"])]
@@ -30,7 +32,7 @@ def test_the_sample_csv_shape_is_accepted(any_store, hour_frame):
     any_store.write(f"{layout.telemetry_dir(HOUR)}/sample.csv", csv.to_csv(index=False).encode())
     got = telemetry.read_hour(any_store, HOUR, ["dev-00002"])
     assert len(got) == 720 * 5 and str(got["ts"].dt.tz) == "UTC"
-    assert telemetry.scan_hour(any_store, HOUR).devices == device_ids(5)
+    assert telemetry.hour_devices(any_store, telemetry.scan_hour(any_store, HOUR)) == device_ids(5)
 
 
 def test_a_missing_hour_is_named(any_store):
@@ -42,6 +44,8 @@ UNREADABLE = {
     "empty.parquet": (b"", "file is empty (0 bytes)"),
     "broken.parquet": (b"PAR1 not really", "not readable as Parquet or CSV telemetry"),
     "columns.csv": (b"time,device,value\n2026-11-27T10:00:00Z,dev-00000,1\n", "lacks column(s) ['ts', 'tag']"),
+    "numbered.parquet": (parquet_bytes(pd.DataFrame({"ts": [pd.Timestamp(HOUR)], "device": [7], "tag": ["a"],
+                                                     "value": [1.0]})), "column device holds int64, not text"),
     "binary.csv": (bytes(range(256)) * 4, "not readable as Parquet or CSV telemetry"),
 }
 
@@ -52,7 +56,7 @@ def test_unreadable_files_are_named_with_their_reason_and_the_rest_of_the_hour_i
     for name, (data, _) in UNREADABLE.items():
         any_store.write(f"{folder}/{name}", data)
     scan = telemetry.scan_hour(any_store, HOUR)
-    assert scan.devices == device_ids(5)
+    assert telemetry.hour_devices(any_store, scan) == device_ids(5)
     assert scan.paths == [f"{folder}/part-00000.parquet"]
     reasons = {f.file: f.reason for f in scan.unreadable}
     assert set(reasons) == {f"{folder}/{name}" for name in UNREADABLE}
@@ -76,3 +80,50 @@ def test_an_hour_whose_every_file_is_unreadable_reads_as_no_rows(any_store):
     rows = telemetry.read_hour(any_store, HOUR)
     assert rows.empty and list(rows.columns) == ["ts", "device", "tag", "value"]
     assert str(rows["ts"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_the_scan_reads_footers_only_rows_are_read_by_batches(any_store, hour_frame):
+    rel = telemetry.write_hour(any_store, HOUR, hour_frame)
+    data = bytearray(any_store.read(rel))
+    data[100:4000] = bytes(3900)  # the first row group's pages; the footer at the end is intact
+    any_store.write(rel, bytes(data))
+    scan = telemetry.scan_hour(any_store, HOUR)
+    assert scan.paths == [rel] and scan.unreadable == []  # no row was read
+    with pytest.raises(OSError, match="Corrupt"):
+        telemetry.read_rows(any_store, scan.paths, telemetry.DeviceRange(stop="dev-00001"))
+
+
+def manifest_of(devices: list[str], per_pack: int) -> dict:
+    """The parts of a manifest that batches are planned from."""
+    entries = {d: {"device": d, "tag": None, "pack": f"pack-{i // per_pack}"} for i, d in enumerate(devices)}
+    packs = {f"pack-{i}": {"models": devices[i * per_pack:(i + 1) * per_pack]}
+             for i in range(-(-len(devices) // per_pack))}
+    return {"version": "v1", "models": entries, "packs": packs}
+
+
+def test_batch_ranges_read_every_device_once_modelled_or_not_and_rows_without_an_id_once(any_store, hour_frame):
+    strangers = hour_frame[hour_frame["device"] == "dev-00002"].head(4)
+    rows = pd.concat([hour_frame, strangers.assign(device="aaa"), strangers.assign(device="dev-00002x"),
+                      strangers.assign(device="zzz"), strangers.assign(device=None)])
+    telemetry.write_hour(any_store, HOUR, rows)
+    manifest = manifest_of(device_ids(5), per_pack=2)
+    batches = plan(manifest)
+    assert batches == [["dev-00000", "dev-00001"], ["dev-00002", "dev-00003"], ["dev-00004"]]
+    files = telemetry.scan_hour(any_store, HOUR).paths
+    read = [telemetry.read_rows(any_store, files, span) for span in device_ranges(manifest, batches)]
+    assert [r.devices for r in read] == [["aaa", "dev-00000", "dev-00001"], ["dev-00002", "dev-00002x", "dev-00003"],
+                                         ["dev-00004", "zzz"]]
+    assert sum(len(r.rows) for r in read) == len(rows) - 4
+    assert [len(r.quarantined) for r in read] == [0, 0, 4]  # no device id: the range open at the top
+    assert set(read[2].quarantined["reason"]) == {"device or tag is missing"}
+    kept = telemetry.read_rows(any_store, files, device_ranges(manifest, batches)[1], keep={"dev-00003"})
+    assert kept.devices == read[1].devices and set(kept.rows["device"]) == {"dev-00003"}
+
+
+def test_batches_follow_devices_not_packs_when_a_pack_holds_models_of_every_range():
+    manifest = manifest_of(device_ids(6), per_pack=2)
+    manifest["models"]["dev-00001"]["pack"] = "carried"  # kept from an older version, packed apart
+    manifest["packs"]["carried"] = {"models": ["dev-00001"]}
+    assert plan(manifest) == [["dev-00000", "dev-00001"], ["dev-00002", "dev-00003"], ["dev-00004", "dev-00005"]]
+    assert plan({"version": "v1", "models": {}, "packs": {}}) == [[]]
+    assert device_ranges({"models": {}}, [[]]) == [telemetry.DeviceRange()]
