@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from cluster.clusters import open_cluster, size_for_hour
 from cluster.config import setting
@@ -19,7 +19,7 @@ from flows.dispatch import run_batches
 from flows.hours import score_run_name, target_hour
 from flows.limits import one_run_per_hour
 from flows.progress import BatchProgress
-from flows.retries import STORAGE_RETRIES
+from flows.retries import STORAGE_RETRIES, STORAGE_TASK
 from flows.trust import model_policy, require_signature, signing_key
 from scoring import layout, models, predictions, telemetry
 from scoring.batch import BatchResult, device_ranges, plan, score_batch
@@ -27,14 +27,14 @@ from scoring.records import Failure
 from scoring.store import Store
 
 
-@task(**STORAGE_RETRIES)
+@task(**STORAGE_TASK)
 def read_inputs(store: Store, hour: datetime, model_version: str | None) -> tuple[models.Manifest, telemetry.HourScan]:
     """The model manifest and the hour's files, checked from their footers (retried: storage hiccups, never bad files)."""
     manifest = models.read_manifest(store, model_version, signing_key(), require_signature())  # before any model
     return manifest, telemetry.scan_hour(store, hour)
 
 
-@task(**STORAGE_RETRIES, cache_policy=NO_CACHE)  # its inputs grow with the fleet: never hashed
+@task(**STORAGE_TASK)
 def commit_hour(store: Store, hour: datetime, model_version: str, results: list[BatchResult], failures: list[Failure],
                 scan: telemetry.HourScan, device_hours: pd.DataFrame) -> dict[str, Any]:
     """Replace the hour in every table (predictions, device hours, errors, quarantine), recording this run.
@@ -152,7 +152,8 @@ def score_fleet(
             dashboard = client.dashboard_link
         failures += [f for r in results for f in r.failures]
         device_hours = report.device_hours(results)
-        marker = commit_hour(target, when, manifest["version"], results, failures, scan, device_hours)
+        marker = commit_hour(target, when, manifest["version"], quote(results), quote(failures), scan,
+                             quote(device_hours))  # quoted: Prefect does not walk them looking for futures
     summary = report.summary(target, when, marker, failures, device_hours, time.perf_counter() - started,
                              dashboard, progress.peak_workers)
     summary["model_version"] = manifest["version"]
