@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -78,13 +79,18 @@ class Grid:
         last = self.end - timedelta(hours=1)
         return hour_label(self.start) if last <= self.start else f"{hour_label(self.start)}..{hour_label(last)}"
 
+    @cached_property
+    def origin(self) -> np.datetime64:
+        """The first step as NumPy's UTC time: computed once, as every model of a batch asks for it."""
+        return np.datetime64(_naive(self.start), "ns")
+
     def times(self, steps: np.ndarray) -> np.ndarray:
         """The UTC times (``datetime64[ns]``) of some step numbers."""
-        return np.datetime64(_naive(self.start), "ns") + steps * np.timedelta64(self.step)
+        return self.origin + steps * np.timedelta64(self.step)
 
     def steps(self, ts: np.ndarray) -> np.ndarray:
         """Nearest step number of each ``datetime64[ns]`` time (may be outside ``[0, size)``)."""
-        offset = (ts - np.datetime64(_naive(self.start), "ns")).astype("int64")
+        offset = (ts - self.origin).astype("int64")
         width = int(self.step / timedelta(microseconds=1)) * 1000
         return np.floor_divide(offset + width // 2, width)
 
@@ -136,7 +142,7 @@ def align(telemetry: pd.DataFrame, grid: Grid) -> Aligned:
     tag, tags = _factorized(telemetry["tag"])
     ts = telemetry["ts"].to_numpy(dtype="datetime64[ns]")
     value = telemetry["value"].to_numpy(dtype="float64")
-    order = _sorted_order(device * len(tags) + tag, ts, value, grid)
+    order = _sorted_order(device, tag, len(tags), ts, value, grid)
     device, tag, ts, value = device[order], tag[order], ts[order], value[order]
     step = grid.steps(ts)
     source = order  # row numbers in ``telemetry``, for quarantine
@@ -168,11 +174,13 @@ def align(telemetry: pd.DataFrame, grid: Grid) -> Aligned:
 def _factorized(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """Codes of a column's values and the values, sorted as Python sorts strings (:func:`code_of` searches them).
 
-    Categories (cheap to factorize: batches read ids as categories) are sorted first, since
-    ``factorize`` keeps a categorical's own order of categories.
+    A categorical (batches read ids as categories) gives its codes as they are, once its
+    categories are sorted: no hashing of a row. Unused categories are harmless (no rows).
     """
     if isinstance(values.dtype, pd.CategoricalDtype):
-        values = values.cat.set_categories(sorted(values.cat.categories))
+        if not values.cat.categories.is_monotonic_increasing:
+            values = values.cat.reorder_categories(sorted(values.cat.categories))
+        return values.cat.codes.to_numpy(dtype=np.int64), values.cat.categories
     return pd.factorize(values, sort=True)
 
 
@@ -189,28 +197,39 @@ def quarantine(telemetry: pd.DataFrame, rows: np.ndarray, reasons: np.ndarray | 
     return telemetry.iloc[rows][columns].astype("string").assign(reason=reasons).reset_index(drop=True)
 
 
-def _sorted_order(group: np.ndarray, ts: np.ndarray, value: np.ndarray, grid: Grid) -> np.ndarray:
+def _sorted_order(device: np.ndarray, tag: np.ndarray, tags: int, ts: np.ndarray, value: np.ndarray,
+                  grid: Grid) -> np.ndarray:
     """Row order by (device, tag) group, time, then value among equal times.
 
     One stable sort of a combined integer key (10 ms for 360,000 rows against
     130 ms for a four-key ``lexsort``); values are sorted only where times are
     equal, so exact duplicates become neighbours. Times far outside the window
     are clipped for the key alone: those rows are quarantined whatever their order.
+    Rows already in device and time order (as files are written) need only a
+    stable sort of the group, a radix sort when it fits 16 bits.
     """
+    group = device * tags + tag
     margin = np.timedelta64(1, "D")
-    low = np.datetime64(_naive(grid.start), "ns") - margin
+    low = grid.origin - margin
     high = np.datetime64(_naive(grid.end), "ns") + margin
     offset = (np.clip(ts, low, high) - low).astype("int64")
     span = int((high - low).astype("int64")) + 1
-    if (int(group.max(initial=0)) + 1) * span < 2**62:
+    groups = int(group.max(initial=0)) + 1
+    if groups * span >= 2**62:
+        order = np.lexsort((offset, group))
+    elif not _is_sorted(device * span + offset):
         order = np.argsort(group * span + offset, kind="stable")
     else:
-        order = np.lexsort((offset, group))
+        order = np.argsort(group.astype(np.int16 if groups < 2**15 else np.int64), kind="stable")
     tied = _in_groups_of_several(_same_as_previous(group[order], ts[order]))
     if tied.any():
         at = np.flatnonzero(tied)
         order[at] = order[at][np.lexsort((value[order[at]], ts[order[at]], group[order[at]]))]
     return order
+
+
+def _is_sorted(key: np.ndarray) -> bool:
+    return bool((key[1:] >= key[:-1]).all())
 
 
 def _same_as_previous(*keys: np.ndarray) -> np.ndarray:

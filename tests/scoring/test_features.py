@@ -168,3 +168,19 @@ def test_ids_read_as_categories_align_as_text_does_whatever_the_order_of_categor
     assert [f.key for f in as_categories[0]] == [f.key for f in as_text[0]] == [("d1", None), ("d2", None)]
     for mine, theirs in zip(as_categories[0], as_text[0]):
         np.testing.assert_array_equal(mine.X, theirs.X)
+
+
+def test_rows_in_file_order_align_as_shuffled_rows_do():
+    rows = tiny() + tiny(device="d2", tags=("a", "b", "c")) + [tiny()[0], (TS[1], "d1", "a", -5.0)]
+    rows += [(pd.Timestamp(TS[2]) + pd.Timedelta(seconds=1), "d2", "b", 7.0)]  # superseded by the reading on time
+    frame = long_frame(rows)
+    in_order = frame.sort_values(["device", "ts", "tag"], kind="stable", ignore_index=True)
+    shuffled = frame.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    a, b = align(in_order, grid()), align(shuffled, grid())
+    for name in ("devices", "tags", "device", "tag", "step", "value", "duplicates", "superseded"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.duplicates.sum() == 1 and a.superseded.sum() == 1
+    key = ["device", "tag", "ts", "value", "reason"]
+    pd.testing.assert_frame_equal(a.quarantined[key].sort_values(key, ignore_index=True),
+                                  b.quarantined[key].sort_values(key, ignore_index=True))
+    assert len(a.quarantined) == 2
