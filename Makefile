@@ -52,7 +52,8 @@ test: $(BIN)/.installed node_modules/.installed
 
 # fleetscore against the compute floor and the alternatives on one generated fleet (README "Performance"),
 # then the alerts' precision and recall against injected anomalies, clean and realistic (README "Accuracy").
-# BENCH_ARGS=--quick for 1,000 devices; python -m benchmarks.run --help and benchmarks.accuracy --help for every flag.
+# BENCH_ARGS=--quick for 1,000 devices; BENCH_ARGS="--devices 100000 --contenders dask-batches,flow" for the floors and
+# the flow at scale (its fleet is made once, about 7 minutes and 4 GB); benchmarks.run --help and benchmarks.accuracy --help for every flag.
 BENCH_ARGS ?=
 ACCURACY_ARGS ?=
 bench: $(BIN)/.installed

@@ -120,7 +120,7 @@ def prepare(root: Path, size: FleetSize, jobs: int) -> Store:
 
     The telemetry files and the model packs are written by the same ``jobs``
     processes, files first, so writing a file overlaps training instead of
-    holding a core alone (about 0.4 GB of disk and 35 s on 2 cores per 10,000 devices).
+    holding a core alone: about 0.4 GB of disk and 30 to 40 s of 2 cores per 10,000 devices.
     """
     store = Store(str(root / f"fleet-{size.key}"))
     if store.exists(READY) and store.exists(layout.MODELS_LIVE):  # fleets made before model versions are remade
