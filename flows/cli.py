@@ -10,19 +10,20 @@ from datetime import timedelta
 
 from cluster.clusters import KINDS
 from cluster.config import setting
-from scoring import layout, models, seed_models, tables, telemetry
-from scoring.generate import device_ids, generate_hour
-from scoring.realistic import DUPLICATES, JITTER_SECONDS, LATE, LOSS, Delivery, realistic_hour
-from scoring.store import Store, parquet_bytes
 
-
-DELIVERY_FLAGS = tuple(f.name for f in fields(Delivery))
-"""``generate`` options that only ``--realistic`` telemetry has."""
+# Scoring, Prefect and the flows are imported by the commands that use them: every Dask worker a
+# local cluster spawns imports this module again (it is the main module of `fleetscore`), and a
+# worker should start in well under a second, importing what a batch needs only when one arrives.
 
 
 def generate(args: argparse.Namespace) -> int:
     """Write ``--hours`` hours of synthetic telemetry ending at ``--end``, and their anomalies."""
-    delivery = {k: getattr(args, k) for k in DELIVERY_FLAGS if getattr(args, k) is not None}
+    from scoring import layout, telemetry
+    from scoring.generate import device_ids, generate_hour
+    from scoring.realistic import Delivery, realistic_hour
+    from scoring.store import Store, parquet_bytes
+
+    delivery = {f.name: getattr(args, f.name) for f in fields(Delivery) if getattr(args, f.name) is not None}
     if delivery and not args.realistic:
         raise SystemExit(f"fleetscore generate: --{', --'.join(delivery)} only apply with --realistic")
     store = Store(args.store)
@@ -46,6 +47,7 @@ def generate(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     """Fit and publish a new model version; exit 1, publishing nothing, when training must not publish."""
     from flows.train import TrainingRefused, train_fleet
+    from scoring import layout
 
     end = layout.parse_hour(args.end) if args.end else layout.last_full_hour() - timedelta(hours=1)
     start = end - timedelta(hours=args.hours - 1)
@@ -71,6 +73,8 @@ def score(args: argparse.Namespace) -> int:
 def import_models(args: argparse.Namespace) -> int:
     """Convert the original sample's pickled models into a new, code-free model version of ``--store``."""
     from flows.trust import signing_key
+    from scoring import layout, models, seed_models
+    from scoring.store import Store
 
     target = Store(args.store)
     target.create()
@@ -112,6 +116,9 @@ def backfill(args: argparse.Namespace) -> int:
 
 def history(args: argparse.Namespace) -> int:
     """The table versions that committed ``--hour``, newest first, with the run and model version of each."""
+    from scoring import layout, tables
+    from scoring.store import Store
+
     hour = layout.parse_hour(args.hour)
     rows = tables.history(Store(args.store), hour)
     if not rows:
@@ -154,6 +161,8 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from scoring.realistic import DUPLICATES, JITTER_SECONDS, LATE, LOSS
+
     top = argparse.ArgumentParser(prog="fleetscore", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
 

@@ -1,9 +1,14 @@
 """LocalCluster lifecycle: whatever happens inside, no scheduler or worker process is left."""
 
 import ipaddress
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import dask.config
 import psutil
@@ -185,3 +190,35 @@ def test_the_local_scheduler_workers_and_dashboard_are_not_reachable_from_the_ne
             open_outside = [(host, port) for family, host in outside for port in ports
                             if reachable(family, host, port)]
             assert open_outside == [], f"listening beyond this machine: {open_outside}"
+
+
+# What a worker may have imported once it has started: Dask's own modules, not the flow's. Every
+# worker of a local cluster is spawned and imports the parent's main module again before it runs
+# anything; for `fleetscore` that is flows.cli, which must leave scoring, Prefect and the flows to
+# the commands that use them, or each worker would load them (seconds) before it could start.
+FLEETSCORE_SCRIPT = """\
+import json
+import sys
+from flows.cli import main  # the first line of the fleetscore script; each worker runs it again
+
+if __name__ == "__main__":
+    from cluster.clusters import open_cluster
+
+    with open_cluster("local", dashboard_address=None) as client:
+        client.wait_for_workers(2, timeout=60)
+        loaded = client.run(lambda: sorted(m for m in ("prefect", "flows.score", "scoring.batch", "sklearn",
+                                                       "deltalake", "pyarrow") if m in sys.modules))
+    print(json.dumps(loaded))
+"""
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_workers_of_the_fleetscore_command_start_without_scoring_or_prefect(tmp_path):
+    script = tmp_path / "fleetscore_main.py"
+    script.write_text(FLEETSCORE_SCRIPT)
+    root = Path(clusters.__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], cwd=root, env=os.environ | {"PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(loaded) == 2 and all(modules == [] for modules in loaded.values()), loaded
