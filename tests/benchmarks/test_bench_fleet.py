@@ -111,8 +111,8 @@ def test_the_run_measures_only_the_contenders_asked_for(fleet, tmp_path, monkeyp
     """The floors, the plain Dask batches and the flow, with the memory of each process, in one JSON."""
     size, _ = fleet
     monkeypatch.setattr(run, "RESULTS", tmp_path)
-    assert run.main(["--devices", "12", "--rows", "60", "--tags", "3", "--contenders", "dask-batches,flow",
-                     "--memory-sizes", "12"]) == 0
+    assert run.main(["--devices", "12", "--rows", "60", "--tags", "3", "--workers", "1",
+                     "--contenders", "dask-batches,flow", "--memory-sizes", "12"]) == 0
     (written,) = tmp_path.glob("bench-12x60x3-*.json")
     result = json.loads(written.read_text())
     names = [r["name"] for r in result["rows"]]
