@@ -10,11 +10,11 @@ import psutil
 import pytest
 from distributed import Client
 
-from benchmarks import contenders, run
+from benchmarks import contenders, run, suite
 from benchmarks.contenders import Bench
 from benchmarks.fleet import SCORED_HOUR, FleetSize, fleet_values, prepare, ready_matrices
 from benchmarks.memory import PeakMemory, separate_cluster
-from benchmarks.run import floor_rows
+from benchmarks.suite import floor_rows
 from flows import rules
 from scoring import models, telemetry
 from scoring.features import to_features
@@ -110,13 +110,13 @@ def test_the_floors_in_chunks_add_up_to_the_whole_fleet(fleet, tmp_path):
 def test_the_run_measures_only_the_contenders_asked_for(fleet, tmp_path, monkeypatch):
     """The floors, the plain Dask batches and the flow, with the memory of each process, in one JSON."""
     size, _ = fleet
-    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    monkeypatch.setattr(suite, "RESULTS", tmp_path)
     assert run.main(["--devices", "12", "--rows", "60", "--tags", "3", "--workers", "1",
                      "--contenders", "dask-batches,flow", "--memory-sizes", "12"]) == 0
     (written,) = tmp_path.glob("bench-12x60x3-*.json")
     result = json.loads(written.read_text())
     names = [r["name"] for r in result["rows"]]
-    assert names == [run.SKLEARN_FLOOR, run.FASTPATH_FLOOR, "Dask, fleetscore batches, no Prefect",
+    assert names == [suite.SKLEARN_FLOOR, suite.FASTPATH_FLOOR, "Dask, fleetscore batches, no Prefect",
                      "fleetscore score (flow, end to end)"]
     assert {(r["devices"], r["anomalies"]) for r in result["rows"]} == {(12, result["rows"][0]["anomalies"])}
     assert 0 < result["phases"]["prefect_share"] < 1 and result["phases"]["fixed"] > 0
@@ -125,8 +125,17 @@ def test_the_run_measures_only_the_contenders_asked_for(fleet, tmp_path, monkeyp
 
 
 def test_contenders_are_checked_and_memory_defaults_to_the_fleet_size():
+    assert [*suite.ALTERNATIVES, suite.FLOW] == run.CONTENDERS  # the flags name exactly the rows measured
     assert run.parse_args(["--devices", "500"]).memory_sizes == [500]
     assert run.parse_args(["--memory-sizes", ""]).memory_sizes == []
     assert run.parse_args(["--contenders", ""]).contenders == []
     with pytest.raises(SystemExit):
         run.parse_args(["--contenders", "flow,spak"])
+
+
+def test_the_benchmark_entry_point_imports_neither_the_flow_nor_scoring():
+    """Spawned Dask workers import the main module again: ``python -m benchmarks.run`` must stay light."""
+    code = "import sys, benchmarks.run; print(sorted(m for m in ('flows.score', 'scoring.batch', 'prefect', "\
+           "'sklearn', 'deltalake') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
+    assert out.stdout.strip() == "[]"
