@@ -238,6 +238,31 @@ def _table(store: Store, name: str, schema: Schema) -> DeltaTable:
         return table
 
 
+def _ready_table(store: Store, name: str, files: Sequence[DataFile]) -> DeltaTable:
+    """The table, ready to take ``files``: created if absent, and columns the files add, added.
+
+    An added column is nullable, so the hours committed before it read as null (the
+    ``minutes`` of device-hours written by an older fleetscore, say). A column the files
+    lack or retype is refused: older hours would become unreadable or wrong.
+    """
+    schema = _delta_schema(files)
+    table = _table(store, name, schema)
+    have = {f.name: f for f in table.schema().fields}
+    retyped = [f.name for f in schema.fields if f.name in have and f.type != have[f.name].type]
+    lacking = sorted(set(have) - {f.name for f in schema.fields})
+    if retyped or lacking:
+        raise ValueError(f"table {name} has the schema {table.schema()}, the hour's files {schema}: they retype "
+                         f"{retyped} and lack {lacking}; that needs a migration of the table, not a commit")
+    if added := [f for f in schema.fields if f.name not in have]:
+        try:
+            table.alter.add_columns(added)
+        except CommitFailedError:  # another run added them at once: use the table as it now is
+            table.update_incremental()
+            if {f.name for f in added} - {f.name for f in table.schema().fields}:
+                raise
+    return table
+
+
 def _check_present(store: Store, hour: datetime, files: Sequence[DataFile]) -> None:
     """Refuse to commit a file that is not in storage: the table must never list a file readers cannot find."""
     folders = {f.rel.rsplit("/", 1)[0] for f in files}
@@ -248,7 +273,7 @@ def _check_present(store: Store, hour: datetime, files: Sequence[DataFile]) -> N
                            f"in storage, e.g. {store.url_of(missing[0])}; rerun the hour")
 
 
-def _commit_table(store: Store, name: str, hour: datetime, files: Sequence[DataFile], claim: int | None,
+def _commit_table(table: DeltaTable, name: str, hour: datetime, files: Sequence[DataFile], claim: int | None,
                   metadata: Mapping[str, Any], attempts: int) -> int:
     """Replace the hour's rows of one table with ``files``; return the hour's claim number it committed.
 
@@ -258,11 +283,6 @@ def _commit_table(store: Store, name: str, hour: datetime, files: Sequence[DataF
     is retried against the table's new version.
     """
     label = layout.hour_label(hour)
-    schema = _delta_schema(files)
-    table = _table(store, name, schema)
-    if table.schema() != schema:
-        raise ValueError(f"table {name} has the schema {table.schema()}, the hour's files {schema}: "
-                         "changing a table's columns needs a migration, not a commit")
     adds = [AddAction(f.path, f.size, layout.partition_values(hour), int(time.time() * 1000), True, f.stats)
             for f in files]
     filters = [(column, "=", value) for column, value in layout.partition_values(hour).items()]
@@ -279,7 +299,7 @@ def _commit_table(store: Store, name: str, hour: datetime, files: Sequence[DataF
                                "table_rows": sum(f.rows for f in files)}}
         try:
             table.create_write_transaction(
-                adds, mode="overwrite", schema=schema, partition_by=list(layout.PARTITION_COLUMNS),
+                adds, mode="overwrite", schema=table.schema(), partition_by=list(layout.PARTITION_COLUMNS),
                 partition_filters=filters,
                 commit_properties=CommitProperties(custom_metadata=info,
                                                    app_transactions=[Transaction(_app_id(hour), mine)]))
@@ -315,9 +335,10 @@ def commit_hour(store: Store, hour: datetime, files: Mapping[str, Sequence[DataF
     if empty := [n for n in layout.TABLE_NAMES if not files.get(n)]:
         raise ValueError(f"no file for table(s) {empty}: write an empty frame for a table without rows this hour")
     _check_present(store, hour, [f for n in layout.TABLE_NAMES for f in files[n]])
+    ready = {name: _ready_table(store, name, files[name]) for name in layout.TABLE_NAMES}  # refused before any commit
     claim = None
     for name in layout.TABLE_NAMES:
-        claim = _commit_table(store, name, hour, files[name], claim, metadata, attempts)
+        claim = _commit_table(ready[name], name, hour, files[name], claim, metadata, attempts)
     return claim
 
 

@@ -177,6 +177,30 @@ def test_a_commit_refuses_a_table_without_a_file_and_a_changed_schema(any_store)
     assert tables.committed(any_store, HOUR) == 1
 
 
+def test_a_refused_schema_of_a_later_table_commits_no_table(any_store):
+    """The predictions table comes first: a refused device-hours file must not leave it committed alone."""
+    tables.commit_hour(any_store, HOUR, write_hour(any_store, HOUR, [["d1"]]), RUN)
+    files = write_hour(any_store, HOUR, [["d2"]])
+    retyped = side_tables(["d2"])["device_hours"].assign(rows=["two"])
+    with pytest.raises(ValueError, match=r"retype \['rows'\] and lack \[\]"):
+        tables.commit_hour(any_store, HOUR, files | {"device_hours": [
+            tables.write_file(any_store, "device_hours", HOUR, retyped)]}, RUN)
+    assert tables.committed(any_store, HOUR) == 1
+    assert set(tables.read_table(any_store, "predictions", HOUR)["device"]) == {"d1"}
+
+
+def test_a_column_new_to_a_table_is_added_and_reads_as_null_in_older_hours(any_store):
+    """A table made by an older fleetscore takes files with a new column (device-hours' ``minutes``)."""
+    tables.commit_hour(any_store, HOUR, write_hour(any_store, HOUR, [["d1"]]), RUN)
+    files = write_hour(any_store, NEXT, [["d2"]])
+    wider = side_tables(["d2"])["device_hours"].assign(minutes=pd.array([b"\x01\x02"], dtype=object))
+    files["device_hours"] = [tables.write_file(any_store, "device_hours", NEXT, wider)]
+    assert tables.commit_hour(any_store, NEXT, files, RUN) == 1
+    assert tables.read_table(any_store, "device_hours", NEXT)["minutes"].tolist() == [b"\x01\x02"]
+    assert tables.read_table(any_store, "device_hours", HOUR)["minutes"].isna().all()
+    assert tables.commit_hour(any_store, NEXT, files, RUN) == 2  # the widened table takes the hour again
+
+
 def test_two_runs_committing_one_hour_at_once_leave_one_complete_set(any_store):
     """Real concurrent commits (threads released together) on a new table, then on a committed hour."""
     runs = {"a": [["a1", "a2"], ["a3"]], "b": [["b1"], ["b2", "b3"], ["b4"]]}
