@@ -61,3 +61,15 @@ def test_a_commit_that_would_list_a_missing_part_is_refused(any_store):
         predictions.commit(any_store, HOUR, [part], [], STATS)
     assert predictions.committed(any_store, HOUR) is None
     assert tables.committed(Store(any_store.url), HOUR) is None
+
+
+def test_the_quarantine_files_batches_write_are_committed_and_counted(any_store):
+    rows = pd.DataFrame({"ts": ["2026-11-27 09:59:55+00:00", "soon"], "device": ["d1", "d2"], "tag": ["a", "b"],
+                         "value": ["1.0", "2.0"], "reason": ["ts outside 2026-11-27T10", "ts is not a timestamp"],
+                         "file": ["f1", "f2"]}).astype("string")
+    files = [predictions.write_quarantine(any_store, HOUR, [rows.iloc[[i]]]) for i in range(2)]
+    assert predictions.write_quarantine(any_store, HOUR, [rows.iloc[[]], None]) is None  # no rows, no file
+    record = predictions.commit(any_store, HOUR, [], [], STATS | {"rows": 0}, files)
+    assert record["quarantined_rows"] == 2
+    read = predictions.read_quarantine(any_store, HOUR)
+    pd.testing.assert_frame_equal(read, rows[list(read.columns)].sort_values(list(read.columns), ignore_index=True))
