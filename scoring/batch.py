@@ -88,7 +88,8 @@ def plan(manifest: Manifest, size: int | None = None) -> list[list[str]]:
 
 
 def device_ranges(manifest: Manifest, batches: Sequence[Sequence[str]]) -> list[DeviceRange]:
-    """Each batch's device ids: from its first device up to the next batch's first, both ends open.
+    """Each batch's device ids: from its first device up to the next batch's first (the first range
+    open below, the last open above).
 
     Together the ranges hold every possible id exactly once, so each device in the
     hour's files is read by one batch, and one without a model is named by the batch
