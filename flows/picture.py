@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from datetime import datetime
 from html import escape
 
 import numpy as np
@@ -41,15 +40,6 @@ def minute_shares(device_hours: pd.DataFrame, devices: Sequence[str]) -> pd.Data
         flagged[order[device]] += counts[1]
     shares = np.divide(flagged, scored, out=np.full_like(flagged, np.nan), where=scored > 0)
     return pd.DataFrame(shares, index=list(devices), columns=range(MINUTES))
-
-
-def predictions_minute_shares(frame: pd.DataFrame, hour: datetime, devices: Sequence[str]) -> pd.DataFrame:
-    """The same shares computed from the hour's predictions; delete once flows/score.py draws from device hours."""
-    rows = frame[frame["device"].isin(devices)]
-    minute = (rows["ts"] - pd.Timestamp(hour)) // pd.Timedelta(minutes=1)
-    table = rows.assign(minute=minute).pivot_table(index="device", columns="minute", values="anomaly",
-                                                   aggfunc="mean")
-    return table.reindex(index=list(devices), columns=range(MINUTES))
 
 
 def _cell(row: int, minute: int, share: float) -> str:

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from cluster.config import setting
-from flows.picture import heatmap_svg, markdown_image, minute_shares, predictions_minute_shares
+from flows.picture import heatmap_svg, markdown_image, minute_shares
 from scoring import alerts, layout
 from scoring.batch import BatchResult
 from scoring.records import Failure
@@ -143,11 +143,6 @@ def anomaly_map(hour: datetime, device_hours: pd.DataFrame) -> str | None:
     """
     devices = pictured_devices(device_hours)
     return _picture(hour, minute_shares(device_hours, devices)) if devices else None
-
-
-def anomaly_picture(hour: datetime, predictions: pd.DataFrame, devices: Sequence[str]) -> str:
-    """The same picture from the hour's predictions; delete once flows/score.py calls :func:`anomaly_map`."""
-    return _picture(hour, predictions_minute_shares(predictions, hour, devices))
 
 
 def _picture(hour: datetime, shares: pd.DataFrame) -> str:

@@ -19,7 +19,7 @@ from flows.dispatch import run_batches
 from flows.hours import score_run_name, target_hour
 from flows.limits import one_run_per_hour
 from flows.progress import BatchProgress
-from flows.retries import STORAGE_RETRIES, STORAGE_TASK
+from flows.retries import STORAGE_TASK
 from flows.trust import model_policy, require_signature, signing_key
 from scoring import layout, models, predictions, telemetry
 from scoring.batch import BatchResult, device_ranges, plan, score_batch
@@ -53,12 +53,6 @@ def commit_hour(store: Store, hour: datetime, model_version: str, results: list[
     quarantined = [r.quarantine for r in results if r.quarantine]
     return predictions.commit(store, hour, parts, failures, stats, quarantined,
                               device_hours, scan.files, setting("tables.commit-attempts"))
-
-
-@task(**STORAGE_RETRIES)
-def read_anomalies(store: Store, hour: datetime) -> pd.DataFrame:
-    """The committed hour's ``ts, device, anomaly`` columns, for the picture (read from the table)."""
-    return predictions.read_predictions(store, hour)[["ts", "device", "anomaly"]]
 
 
 def adapt_bounds(minimum: int | None, maximum: int | None) -> dict[str, int] | None:
@@ -157,9 +151,7 @@ def score_fleet(
     summary = report.summary(target, when, marker, failures, device_hours, time.perf_counter() - started,
                              dashboard, progress.peak_workers)
     summary["model_version"] = manifest["version"]
-    pictured = report.pictured_devices(device_hours)
-    picture = report.anomaly_picture(when, read_anomalies(target, when), pictured) if pictured else None
-    report.publish(summary, device_hours, failures, picture)
+    report.publish(summary, device_hours, failures, report.anomaly_map(when, device_hours))
     report.emit_alerts(summary, device_hours)
     logger.info(report.one_line(summary))
     report.enforce_failure_share(summary, setting("scoring.max-failed-share", max_failed_share))
