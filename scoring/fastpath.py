@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import OneClassSVM
+
+if TYPE_CHECKING:  # scikit-learn is imported where used: a worker scoring stored arrays starts without it
+    from sklearn.base import BaseEstimator
+    from sklearn.pipeline import Pipeline
 
 BOUNDARY_MARGIN = 1e-10
 """Relative band around score 0 in which a row is re-scored by scikit-learn.
@@ -121,6 +122,10 @@ def is_standard(model: BaseEstimator) -> bool:
 
     Exact types only: a subclass may change ``transform`` or the decision.
     """
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
     if type(model) is not Pipeline or len(model.steps) != 2:
         return False
     scaler, svm = model.steps[0][1], model.steps[1][1]
@@ -148,6 +153,10 @@ def to_pipeline(compiled: CompiledOCSVM) -> Pipeline:
     attributes libsvm's ``decision_function`` reads are set as ``fit`` would set
     them (checked against a fitted model in ``tests/scoring/test_model_format.py``).
     """
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
     n_support, n_features = compiled.support.shape
     scaler = StandardScaler()
     scaler.mean_, scaler.scale_, scaler.var_ = compiled.mean, compiled.scale, compiled.scale ** 2

@@ -27,14 +27,14 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy as np
-import skops.io
-from sklearn.base import BaseEstimator
 
 from scoring.fastpath import CompiledOCSVM, compile_model
+
+if TYPE_CHECKING:  # skops, joblib and scikit-learn are imported where used: reading arrays needs none of them
+    from sklearn.base import BaseEstimator
 
 ARRAYS_LAYOUT = 1
 """Version of the ``ocsvm-arrays`` vector layout, its first element."""
@@ -81,6 +81,8 @@ def decode_arrays(data: bytes) -> CompiledOCSVM:
 
 
 def _decode_skops(data: bytes, policy: ModelPolicy) -> BaseEstimator:
+    import skops.io
+
     return skops.io.loads(data, trusted=list(policy.trusted))
 
 
@@ -88,6 +90,8 @@ def _decode_joblib(data: bytes, policy: ModelPolicy) -> BaseEstimator:
     if not policy.allow_pickle:
         raise ValueError("model is a pickle and fleetscore.models.allow-pickle is false; refusing to unpickle it "
                          "(retrain, or import it with `fleetscore import-models`)")
+    import joblib
+
     return joblib.load(io.BytesIO(data))
 
 
@@ -111,6 +115,8 @@ def encode(model: BaseEstimator | CompiledOCSVM) -> tuple[str, bytes]:
     compiled = model if isinstance(model, CompiledOCSVM) else compile_model(model)
     if compiled is not None:
         return "ocsvm-arrays", encode_arrays(compiled)
+    import skops.io
+
     return "skops", skops.io.dumps(model)
 
 

@@ -21,10 +21,9 @@ import struct
 import zipfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any
-
-import sklearn
-from sklearn.base import BaseEstimator
+from functools import cache
+from importlib.metadata import version as installed_version
+from typing import TYPE_CHECKING, Any
 
 from scoring import layout, signing
 from scoring.fastpath import CompiledOCSVM
@@ -33,10 +32,19 @@ from scoring.records import Failure, ModelKey, key_name
 from scoring.signing import SigningKey
 from scoring.store import Store, sha256
 
+if TYPE_CHECKING:  # scikit-learn is not imported here: a worker scoring stored arrays starts without it
+    from sklearn.base import BaseEstimator
+
 Manifest = dict[str, Any]
 _LOCAL_HEADER = b"PK\x03\x04"
 MANIFEST_FORMAT = 2
 """2: versioned, code-free models; 1 was joblib files at fixed paths."""
+
+
+@cache
+def _sklearn_version() -> str:
+    """The installed scikit-learn's version, recorded in manifests, read without importing scikit-learn."""
+    return installed_version("scikit-learn")
 
 
 def new_version(now: datetime | None = None) -> str:
@@ -64,7 +72,7 @@ def _entry(version: str, key: ModelKey, fmt: str, data: bytes, features: list[st
     """One model's manifest entry: where it is, how it is stored, its digest and what it was fitted on."""
     return {"device": key[0], "tag": key[1], "format": fmt,
             "file": layout.model_file(version, key[0], key[1], FORMATS[fmt].suffix),
-            "sha256": sha256(data), "features": list(features), "sklearn_version": sklearn.__version__,
+            "sha256": sha256(data), "features": list(features), "sklearn_version": _sklearn_version(),
             "window": window, "pack": pack}
 
 
@@ -140,7 +148,7 @@ def write_manifest(
         "format": MANIFEST_FORMAT,
         "version": version,
         "granularity": granularity,
-        "sklearn_version": sklearn.__version__,
+        "sklearn_version": _sklearn_version(),
         "window": _span(window),
         "packs": dict(packs),
         "models": dict(entries),

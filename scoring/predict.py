@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-from sklearn.base import BaseEstimator
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import OneClassSVM
 
 from scoring import fastpath
 from scoring.fastpath import CompiledOCSVM
 from scoring.records import Features
+
+if TYPE_CHECKING:  # scikit-learn is imported where used: a worker scoring stored arrays starts without it
+    from sklearn.base import BaseEstimator
+    from sklearn.pipeline import Pipeline
 
 PREDICTIONS = pa.schema([("ts", pa.timestamp("us", "UTC")), ("device", pa.large_string()), ("tag", pa.large_string()),
                          ("score", pa.float64()), ("anomaly", pa.int8()), ("model_sha256", pa.large_string())])
@@ -30,6 +31,10 @@ def fit_model(X: np.ndarray, nu: float, gamma: str | float) -> Pipeline:
         raise ValueError(f"need a 2-D matrix of at least 2 rows to fit, got shape {X.shape}")
     if not np.isfinite(X).all():
         raise ValueError("training matrix holds NaN or infinite values")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
     return make_pipeline(StandardScaler(), OneClassSVM(kernel="rbf", nu=nu, gamma=gamma)).fit(X)
 
 

@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import sklearn
 from sklearn.ensemble import IsolationForest
 
 from scoring import layout, models
@@ -47,6 +48,11 @@ def test_a_version_lives_under_its_own_prefix_and_the_pointer_names_it(published
     assert entry["format"] == "ocsvm-arrays" and entry["features"] == ["a", "b"]
     assert entry["window"]["start"].startswith("2026-11-27T08") and len(entry["sha256"]) == 64
     assert manifest["packs"][entry["pack"]]["models"] == ["d0", "d1", "d2"]
+
+
+def test_the_manifest_records_the_installed_scikit_learn_version(published):
+    _, manifest, _ = published
+    assert manifest["sklearn_version"] == manifest["models"]["d0"]["sklearn_version"] == sklearn.__version__
 
 
 def test_publishing_a_new_version_leaves_the_old_one_untouched(published):
