@@ -147,7 +147,7 @@ def joblib_batches(bench: Bench) -> Outcome:
     fresh_predictions(bench)
     slices = [manifest_slice(bench.manifest, names) for names in plan(bench.manifest)]
     pool = Parallel(n_jobs=bench.workers)
-    files, rule = telemetry.scan_hour(bench.store, bench.hour).paths, rules.alert_rule()
+    files, rule = telemetry.scan_hour(bench.store, bench.hour).files, rules.alert_rule()
     results, seconds = timed(lambda: pool(delayed(score_batch)(bench.store, bench.grid, s, files, rule)
                                           for s in slices))
     return Outcome(sum(r.scored for r in results), sum(r.rows for r in results),

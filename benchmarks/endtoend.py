@@ -96,7 +96,7 @@ def without_prefect(bench: Bench) -> Outcome:
                 lambda: (models.read_manifest(bench.store), telemetry.scan_hour(bench.store, bench.hour)))
             batches = plan(manifest)
             futures = [client.submit(score_batch, bench.store, bench.grid, models.manifest_slice(manifest, names),
-                                     scan.paths, rules.alert_rule(), span=span, pure=False)
+                                     scan.files, rules.alert_rule(), span=span, pure=False)
                        for names, span in zip(batches, device_ranges(manifest, batches))]
             results = client.gather(futures)
             failures = scan.unreadable + [f for r in results for f in r.failures]

@@ -137,7 +137,7 @@ def score_fleet(
             logger.info("Dask dashboard: %s", client.dashboard_link)
             policy, rule = model_policy(), rules.alert_rule()
             jobs = [(f"{layout.hour_label(when)}-{i:05d}",
-                     (target, grid, models.manifest_slice(manifest, names), scan.paths, rule, policy, span))
+                     (target, grid, models.manifest_slice(manifest, names), scan.files, rule, policy, span))
                     for i, (names, span) in enumerate(zip(batches, device_ranges(manifest, batches)))]
             with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
                 results = run_batches(client, score_batch, jobs,

@@ -30,7 +30,7 @@ from scoring.predict import predict, predictions_table
 from scoring.records import Failure, key_name, parse_key
 from scoring.store import Store
 from scoring.tables import DataFile
-from scoring.telemetry import DeviceRange
+from scoring.telemetry import DeviceRange, InputFile
 
 
 @dataclass
@@ -121,7 +121,7 @@ def unmodelled(devices: Sequence[str], manifest: Manifest) -> list[Failure]:
     ]
 
 
-def _read(store: Store, files: Sequence[str], span: DeviceRange, names: Sequence[str],
+def _read(store: Store, files: Sequence[InputFile], span: DeviceRange, names: Sequence[str],
           manifest: Manifest) -> tuple[telemetry.Rows | None, list[Failure]]:
     """The batch's rows of the hour (its loaded models' devices); a file unreadable now fails every model."""
     try:
@@ -131,7 +131,7 @@ def _read(store: Store, files: Sequence[str], span: DeviceRange, names: Sequence
         return None, [Failure(e["device"], exc.reason, exc.file, e["tag"]) for e in entries]
 
 
-def score_batch(store: Store, grid: Grid, manifest: Manifest, files: Sequence[str],
+def score_batch(store: Store, grid: Grid, manifest: Manifest, files: Sequence[InputFile],
                 rule: AlertRule, policy: ModelPolicy = ModelPolicy(), span: DeviceRange | None = None) -> BatchResult:
     """Score every model of ``manifest`` (a :func:`~scoring.models.manifest_slice`) on one hour.
 

@@ -27,7 +27,7 @@ from scoring.store import Store
 
 store, hour = Store(sys.argv[1]), parse_hour(sys.argv[2])
 manifest = models.read_manifest(store)
-result = score_batch(store, Grid.over([hour]), manifest, telemetry.scan_hour(store, hour).paths, AlertRule(1, 1))
+result = score_batch(store, Grid.over([hour]), manifest, telemetry.scan_hour(store, hour).files, AlertRule(1, 1))
 heavy = [m for m in ("sklearn", "skops", "joblib") if m in sys.modules]
 print(json.dumps({"scored": result.scored, "rows": result.rows, "failures": len(result.failures), "heavy": heavy}))
 """

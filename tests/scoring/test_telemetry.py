@@ -57,7 +57,7 @@ def test_unreadable_files_are_named_with_their_reason_and_the_rest_of_the_hour_i
         any_store.write(f"{folder}/{name}", data)
     scan = telemetry.scan_hour(any_store, HOUR)
     assert telemetry.hour_devices(any_store, scan) == device_ids(5)
-    assert scan.paths == [f"{folder}/part-00000.parquet"]
+    assert [f.path for f in scan.files] == [f"{folder}/part-00000.parquet"]
     reasons = {f.file: f.reason for f in scan.unreadable}
     assert set(reasons) == {f"{folder}/{name}" for name in UNREADABLE}
     for name, (_, reason) in UNREADABLE.items():
@@ -88,9 +88,19 @@ def test_the_scan_reads_footers_only_rows_are_read_by_batches(any_store, hour_fr
     data[100:4000] = bytes(3900)  # the first row group's pages; the footer at the end is intact
     any_store.write(rel, bytes(data))
     scan = telemetry.scan_hour(any_store, HOUR)
-    assert scan.paths == [rel] and scan.unreadable == []  # no row was read
+    assert [f.path for f in scan.files] == [rel] and scan.unreadable == []  # no row was read
     with pytest.raises(OSError, match="Corrupt"):
-        telemetry.read_rows(any_store, scan.paths, telemetry.DeviceRange(stop="dev-00001"))
+        telemetry.read_rows(any_store, scan.files, telemetry.DeviceRange(stop="dev-00001"))
+
+
+def test_a_file_replaced_under_the_same_name_is_read_anew_not_from_the_footers_kept(any_store, hour_frame):
+    """A worker keeps the footers it parsed, keyed by each file's size and etag or mtime (long-lived clusters)."""
+    telemetry.write_hour(any_store, HOUR, hour_frame)
+    before = telemetry.read_rows(any_store, telemetry.scan_hour(any_store, HOUR).files)
+    telemetry.write_hour(any_store, HOUR, hour_frame[hour_frame["device"] != "dev-00000"])  # a late rewrite
+    after = telemetry.read_rows(any_store, telemetry.scan_hour(any_store, HOUR).files)
+    assert "dev-00000" in before.devices and after.devices == [d for d in before.devices if d != "dev-00000"]
+    assert len(after.rows) == (hour_frame["device"] != "dev-00000").sum()
 
 
 def manifest_of(devices: list[str], per_pack: int) -> dict:
@@ -109,7 +119,7 @@ def test_batch_ranges_read_every_device_once_modelled_or_not_and_rows_without_an
     manifest = manifest_of(device_ids(5), per_pack=2)
     batches = plan(manifest)
     assert batches == [["dev-00000", "dev-00001"], ["dev-00002", "dev-00003"], ["dev-00004"]]
-    files = telemetry.scan_hour(any_store, HOUR).paths
+    files = telemetry.scan_hour(any_store, HOUR).files
     read = [telemetry.read_rows(any_store, files, span) for span in device_ranges(manifest, batches)]
     assert [r.devices for r in read] == [["aaa", "dev-00000", "dev-00001"], ["dev-00002", "dev-00002x", "dev-00003"],
                                          ["dev-00004", "zzz"]]
