@@ -48,6 +48,11 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def watch(self, name: str, pid: int) -> None:
+        """Report process ``pid``, started during the measurement, apart as ``name`` (not as a worker)."""
+        self.apart_mb[name] = 0.0
+        self.apart[name] = pid
+
     def __enter__(self) -> PeakMemory:
         kept = {c.pid for pid in self.include for c in psutil.Process(pid).children(recursive=True)} | self.include
         self._skip = {p.pid for p in self._me.children(recursive=True)} - kept

@@ -12,21 +12,22 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import dask.config
+import prefect.settings
 import psutil
 
-import flows.score
 from benchmarks import contenders, endtoend
 from benchmarks.contenders import Bench, Outcome
 from benchmarks.fleet import SCORED_HOUR, FleetSize, prepare, ready_chunks
 from benchmarks.memory import PeakMemory, separate_cluster
-from scoring import layout, models, telemetry
+from scoring import layout, models, predictions, telemetry
 
 RESULTS = Path(__file__).with_name("results")
 SKLEARN_FLOOR = "compute floor, scikit-learn"
@@ -111,23 +112,34 @@ def flow_row(bench: Bench) -> tuple[dict[str, Any], endtoend.Phases]:
 
 
 def apart_run(bench: Bench) -> dict[str, Any]:
-    """``score-fleet`` on a cluster whose scheduler and workers have processes of their own.
+    """``fleetscore score`` in a process of its own, on a cluster whose scheduler and workers have theirs.
 
-    The flow process's memory is then the flow's alone, the scheduler's its own
-    (with a ``LocalCluster`` both share the flow process), and each worker's apart.
-    The time includes no cluster start, which this run does not measure.
+    The flow process's memory is then the flow's alone, as in production: not the
+    benchmark's (which holds a manifest and the floors' leftovers), not the
+    scheduler's (with a ``LocalCluster`` both share the flow process). The time
+    includes the command's start but no cluster start, which this run does not measure.
     """
-    with separate_cluster(bench.workers) as cluster, dask.config.set({
-        "fleetscore.cluster.address": cluster.address,
-        "fleetscore.cluster.plain-tcp-hosts": ["127.0.0.1"],
-    }):
+    with separate_cluster(bench.workers) as cluster:
         contenders.fresh_predictions(bench)
+        env = os.environ | {
+            "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),  # the harness's temporary server
+            "DASK_FLEETSCORE__CLUSTER__ADDRESS": cluster.address,
+            "DASK_FLEETSCORE__CLUSTER__PLAIN_TCP_HOSTS": '["127.0.0.1"]',
+        }
+        command = [str(Path(sys.executable).with_name("fleetscore")), "score", "--store", bench.store.url,
+                   "--hour", layout.hour_label(bench.hour), "--cluster", "address",
+                   "--min-coverage", str(contenders.BENCH_MIN_COVERAGE)]
         with PeakMemory(include=(cluster.workers,), apart={"scheduler": cluster.scheduler}) as memory:
-            (summary, seconds) = contenders.timed(lambda: flows.score.score_fleet(
-                store=bench.store.url, hour=layout.hour_label(bench.hour), cluster="address",
-                min_coverage=contenders.BENCH_MIN_COVERAGE))
-    outcome = Outcome(summary["devices_scored"], summary["rows"], summary["anomalous_rows"], seconds,
-                      "scheduler and workers in their own processes, started before the flow")
+            started = time.perf_counter()
+            flow = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            memory.watch("flow", flow.pid)
+            _, errors = flow.communicate()
+            seconds = time.perf_counter() - started
+    if flow.returncode:
+        raise RuntimeError(f"fleetscore score failed ({flow.returncode}):\n{errors.decode()[-3000:]}")
+    record = predictions.committed(bench.store, bench.hour)
+    outcome = Outcome(record["models_scored"], record["rows"], record["anomalies"], seconds,
+                      "fleetscore score in its own process; scheduler and workers in theirs, started before it")
     return _row(f"{outcome.devices} devices", outcome, memory)
 
 
@@ -164,7 +176,7 @@ def memory_table(rows: list[dict[str, Any]]) -> str:
     """Peak resident memory of each process of the flow, by fleet size."""
     lines = [f"{'':16} {'wall s':>8} {'flow process MB':>15} {'scheduler MB':>12} {'worker MB':>9} "
              f"{'workers MB':>10}", "-" * 76]
-    lines += [f"{r['name']:16} {r['seconds']:8.2f} {r['driver_mb']:15.0f} {r['scheduler_mb']:12.0f} "
+    lines += [f"{r['name']:16} {r['seconds']:8.2f} {r['flow_mb']:15.0f} {r['scheduler_mb']:12.0f} "
               f"{r['worker_mb']:9.0f} {r['workers_total_mb']:10.0f}" for r in rows]
     return "\n".join(lines)
 

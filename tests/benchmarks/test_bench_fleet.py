@@ -121,7 +121,7 @@ def test_the_run_measures_only_the_contenders_asked_for(fleet, tmp_path, monkeyp
     assert {(r["devices"], r["anomalies"]) for r in result["rows"]} == {(12, result["rows"][0]["anomalies"])}
     assert 0 < result["phases"]["prefect_share"] < 1 and result["phases"]["fixed"] > 0
     (memory,) = result["memory"]
-    assert memory["devices"] == 12 and min(memory["driver_mb"], memory["scheduler_mb"], memory["worker_mb"]) > 50
+    assert memory["devices"] == 12 and min(memory["flow_mb"], memory["scheduler_mb"], memory["worker_mb"]) > 50
 
 
 def test_contenders_are_checked_and_memory_defaults_to_the_fleet_size():
