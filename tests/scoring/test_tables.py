@@ -198,6 +198,8 @@ def test_a_column_new_to_a_table_is_added_and_reads_as_null_in_older_hours(any_s
     assert tables.commit_hour(any_store, NEXT, files, RUN) == 1
     assert tables.read_table(any_store, "device_hours", NEXT)["minutes"].tolist() == [b"\x01\x02"]
     assert tables.read_table(any_store, "device_hours", HOUR)["minutes"].isna().all()
+    assert by_polars(any_store, "device_hours", NEXT)["minutes"].tolist() == [b"\x01\x02"]  # a second reader
+    assert by_polars(any_store, "device_hours", HOUR)["minutes"].isna().all()
     assert tables.commit_hour(any_store, NEXT, files, RUN) == 2  # the widened table takes the hour again
 
 
