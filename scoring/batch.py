@@ -59,28 +59,31 @@ class BatchResult:
     def anomalies(self) -> int:
         return int(self.device_hours["anomalies"].sum())
 
-    @property
-    def quarantined(self) -> int:
-        """Telemetry rows the batch quarantined."""
-        return self.quarantine.rows if self.quarantine else 0
 
-
-def plan(manifest: Manifest, size: int | None = None) -> list[list[str]]:
+def plan(manifest: Manifest) -> list[list[str]]:
     """Batches of model names over consecutive devices: deterministic, so reruns write the same files.
 
-    Devices are taken in order, every model of a device in the same batch, and a
-    batch closes once it holds ``size`` models (default: the manifest's largest
-    pack, so a trained version gives one batch per pack). Consecutive devices let
-    each batch own a range of device ids (:func:`device_ranges`). A manifest without
-    models still gets one (empty) batch, which names every device as unmodelled.
+    Devices are taken in order, every model of a device in the same batch. A batch
+    closes once it holds as many models as the largest pack, and a new one opens at
+    the first device of every pack holding more than half that: a trained version
+    gives one batch per pack, even where a pack lost devices that could not be fitted
+    (a batch reads every pack it touches). Consecutive devices let each batch own a
+    range of device ids (:func:`device_ranges`). A manifest without models still gets
+    one (empty) batch, which names every device as unmodelled.
     """
     entries = manifest["models"]
-    size = size or max((len(p["models"]) for p in manifest.get("packs", {}).values()), default=len(entries))
+    packs = manifest.get("packs", {}).values()
+    size = max((len(p["models"]) for p in packs), default=len(entries))
+
+    def order(name: str) -> tuple[str, str]:
+        return entries[name]["device"], entries[name]["tag"] or ""
+
+    opens = {entries[min(p["models"], key=order)]["device"] for p in packs if 2 * len(p["models"]) > size}
     batches: list[list[str]] = []
     previous = None
-    for name in sorted(entries, key=lambda n: (entries[n]["device"], entries[n]["tag"] or "")):
+    for name in sorted(entries, key=order):
         device = entries[name]["device"]
-        if not batches or (len(batches[-1]) >= size and device != previous):
+        if not batches or (device != previous and (len(batches[-1]) >= size or device in opens)):
             batches.append([])
         batches[-1].append(name)
         previous = device

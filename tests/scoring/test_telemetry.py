@@ -130,6 +130,14 @@ def test_batch_ranges_read_every_device_once_modelled_or_not_and_rows_without_an
     assert kept.devices == read[1].devices and set(kept.rows["device"]) == {"dev-00003"}
 
 
+def test_a_pack_short_of_a_device_that_could_not_be_fitted_still_gives_one_batch_per_pack():
+    manifest = manifest_of(device_ids(8), per_pack=2)
+    del manifest["models"]["dev-00001"]  # not fitted: its pack holds one model
+    manifest["packs"]["pack-0"]["models"].remove("dev-00001")
+    assert plan(manifest) == [["dev-00000"], ["dev-00002", "dev-00003"], ["dev-00004", "dev-00005"],
+                              ["dev-00006", "dev-00007"]]
+
+
 def test_batches_follow_devices_not_packs_when_a_pack_holds_models_of_every_range():
     manifest = manifest_of(device_ids(6), per_pack=2)
     manifest["models"]["dev-00001"]["pack"] = "carried"  # kept from an older version, packed apart
