@@ -50,8 +50,8 @@ class PeakMemory:
 
     def watch(self, name: str, pid: int) -> None:
         """Report process ``pid``, started during the measurement, apart as ``name`` (not as a worker)."""
-        self.apart_mb[name] = 0.0
-        self.apart[name] = pid
+        self.apart_mb = {**self.apart_mb, name: 0.0}
+        self.apart = {**self.apart, name: pid}  # rebound, not changed: the sampler thread may be iterating
 
     def __enter__(self) -> PeakMemory:
         kept = {c.pid for pid in self.include for c in psutil.Process(pid).children(recursive=True)} | self.include

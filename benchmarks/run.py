@@ -34,17 +34,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     top.add_argument("--workers", type=int, default=2, help="Dask workers, joblib processes, Spark cores")
     top.add_argument("--contenders", default=",".join(CONTENDERS),
                      help="rows measured besides the two floors, comma-separated among %(default)s; "
-                          "'' measures the floors only")
+                          "'' measures the floors only (and the memory rows, unless --memory-sizes '')")
     top.add_argument("--per-device-sample", type=int, default=200,
                      help="devices scored by the one-task-per-device row (its time is scaled to the fleet)")
     top.add_argument("--memory-sizes", default=None,
                      help="fleet sizes of the memory rows (the flow with its scheduler and workers in their "
                           "own processes), comma-separated; default the fleet's own size; '' skips them")
     top.add_argument("--quick", action="store_true",
-                     help="1,000 devices, memory at 300,1000,3000: a few minutes")
+                     help="1,000 devices, memory at 300,1000,3000 unless --memory-sizes is given: a few minutes")
     args = top.parse_args(argv)
     if args.quick:
-        args.devices, args.memory_sizes = 1000, "300,1000,3000"
+        args.devices = 1000
+        args.memory_sizes = "300,1000,3000" if args.memory_sizes is None else args.memory_sizes
     args.contenders = _names(args.contenders)
     unknown = set(args.contenders) - set(CONTENDERS)
     if unknown:

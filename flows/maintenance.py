@@ -23,7 +23,7 @@ from scoring.store import Store
 
 @task(**STORAGE_RETRIES)
 def compact_day(store: Store, day: date) -> dict[str, dict[str, Any]]:
-    """Compact one day of every table (retried: storage hiccups, or a commit of that day that won)."""
+    """Compact one day of every table (retried on storage hiccups; a commit of that day that wins fails it)."""
     return tables.compact(store, day)
 
 

@@ -43,6 +43,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def is_text(kind: pa.DataType) -> bool:
+    """Whether an Arrow type holds text (plain, large or view strings)."""
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
     """A frame as Parquet bytes: the same frame always gives the same bytes."""
     buffer = io.BytesIO()

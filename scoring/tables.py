@@ -39,7 +39,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.transaction import AddAction
 
 from scoring import layout
-from scoring.store import Store, sha256
+from scoring.store import Store, is_text, sha256
 
 METADATA_KEY = "fleetscore"
 """The commit-info key under which every commit records its hour, claim and the caller's metadata."""
@@ -167,10 +167,6 @@ def _arrow(frame: pd.DataFrame | pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
-def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-
 def _json_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -186,7 +182,7 @@ def _stats(table: pa.Table) -> str:
     stats: dict[str, Any] = {"numRecords": table.num_rows, "nullCount": {}, "minValues": {}, "maxValues": {}}
     for field, column in zip(table.schema, table.columns):
         stats["nullCount"][field.name] = column.null_count
-        typed = pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or _is_text(field.type)
+        typed = pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or is_text(field.type)
         if not typed or column.null_count == table.num_rows:
             continue
         low, high = (_json_value(v.as_py()) for v in pc.min_max(column).values())
@@ -206,7 +202,7 @@ def write_file(store: Store, name: str, hour: datetime, frame: pd.DataFrame | pa
     sink = pa.BufferOutputStream()
     # Dictionary pages for text only: ids and digests repeat, scores and times hardly do, and trying
     # a dictionary on them cost more than half of writing a batch's predictions.
-    pq.write_table(table, sink, use_dictionary=[f.name for f in table.schema if _is_text(f.type)])
+    pq.write_table(table, sink, use_dictionary=[f.name for f in table.schema if is_text(f.type)])
     data = sink.getvalue().to_pybytes()
     rel = layout.table_file(name, hour, sha256(data)[:16])
     if not store.exists(rel):
@@ -360,7 +356,7 @@ def committed(store: Store, hour: datetime) -> int | None:
 
 def _pandas_type(dtype: pa.DataType) -> Any:
     """Text as pandas' ``string`` dtype (missing is ``<NA>``), as fleetscore's frames do; the rest as Arrow maps."""
-    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+    if is_text(dtype):
         return pd.StringDtype()
     return None
 

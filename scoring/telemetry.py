@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from scoring import layout
 from scoring.features import LONG_COLUMNS, validate
 from scoring.records import Failure
-from scoring.store import Store
+from scoring.store import Store, is_text
 
 ROW_GROUP_ROWS = 64_000
 """Rows per Parquet row group: small enough that a batch skips the groups of other devices."""
@@ -197,9 +197,8 @@ def _check_columns(rel: str, names: Sequence[str]) -> dict[str, str]:
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    if pa.types.is_dictionary(kind):
-        return _is_text(kind.value_type)
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    """Text ids, plain or dictionary-encoded (as Parquet files written from pandas categoricals hold them)."""
+    return is_text(kind.value_type if pa.types.is_dictionary(kind) else kind)
 
 
 def _check_schema(rel: str, schema: pa.Schema) -> dict[str, str]:
