@@ -29,7 +29,7 @@ from dask_cloudprovider.azure import AzureVMCluster
 from dask_cloudprovider.azure.azurevm import AzureVMScheduler
 
 from cluster.bounded import BoundedStart
-from cluster.config import setting, snake
+from cluster.config import setting, snake, worker_environ
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +232,8 @@ def current_flow_run_id() -> str | None:
 
 
 def vm_env(settings: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """What the containers on the VMs get as environment: the account name and ``forward-env``."""
-    return forwarded_env([ACCOUNT_NAME, *(settings.get("forward-env") or [])], environ)
+    """What the containers on the VMs get as environment: the workers' allocator settings, the account name and ``forward-env``."""
+    return worker_environ() | forwarded_env([ACCOUNT_NAME, *(settings.get("forward-env") or [])], environ)
 
 
 def cluster_keywords(settings: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

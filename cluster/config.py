@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import dask.config
+import distributed  # noqa: F401  (its defaults first: the ``distributed`` keys of fleetscore.yaml replace them)
 import yaml
 
 DEFAULTS = yaml.safe_load((Path(__file__).with_name("fleetscore.yaml")).read_text())
@@ -21,6 +22,11 @@ def setting(key: str, override: Any = None) -> Any:
     if override is not None:
         return override
     return dask.config.get(f"fleetscore.{key}")
+
+
+def worker_environ() -> dict[str, str]:
+    """The environment a Nanny sets before starting its worker process, for containers whose Nanny reads no fleetscore.yaml."""
+    return {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items() if v is not None}
 
 
 def snake(options: dict[str, Any]) -> dict[str, Any]:

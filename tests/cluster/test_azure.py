@@ -21,6 +21,7 @@ import yaml
 
 from cluster import azure
 from cluster.clusters import open_cluster
+from cluster.config import worker_environ
 
 SECRET = "c2VjcmV0LWtleQ+/=="
 IDENTITY = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/fleet-rg/providers/"
@@ -103,6 +104,10 @@ def cloud_init(vm_parameters: dict) -> dict:
     return yaml.safe_load(base64.b64decode(vm_parameters["os_profile"]["custom_data"]))
 
 
+CONTAINER_ENV = [*worker_environ(), "AZURE_STORAGE_ACCOUNT_NAME"]
+"""What a VM's container gets by default: the workers' allocator and thread settings and a name, no secret."""
+
+
 def docker_line(init: dict) -> str:
     [line] = [c for c in init["runcmd"] if isinstance(c, str) and c.startswith("docker run")]
     return line
@@ -116,7 +121,7 @@ def inherited_config(command: str) -> dict:
 
 def test_the_rendered_cloud_init_of_the_defaults_holds_the_login_and_no_key():
     init = yaml.safe_load(azure.rendered_cloud_init(settings(), FLOW_ENV))
-    assert env_names(docker_line(init)) == ["AZURE_STORAGE_ACCOUNT_NAME"]
+    assert env_names(docker_line(init)) == CONTAINER_ENV
     assert SECRET not in json.dumps(init)
     assert_registry_login_before_the_container(init)
     assert not dask.config.get("distributed.comm.require-encryption", False)
@@ -189,7 +194,7 @@ def test_the_scheduler_vm_runs_our_image_with_tls_and_its_identity_and_no_key(of
     init = cloud_init(vm)
     line = docker_line(init)
     assert " fleetscore.azurecr.io/fleetscore:0.1.0 " in line and ":latest" not in line
-    assert env_names(line) == ["AZURE_STORAGE_ACCOUNT_NAME"] and '-e AZURE_STORAGE_ACCOUNT_NAME="fleet"' in line
+    assert env_names(line) == CONTAINER_ENV and '-e AZURE_STORAGE_ACCOUNT_NAME="fleet"' in line
     assert SECRET not in json.dumps(vm) and SECRET not in json.dumps(init)
     assert vm["identity"] == {"type": "UserAssigned", "user_assigned_identities": {IDENTITY: {}}}
     assert_registry_login_before_the_container(init)
@@ -208,7 +213,8 @@ def test_a_worker_vm_joins_over_tls_with_our_worker_options_and_no_key(offline_s
     init = yaml.safe_load(offline_start.worker_init)
     line = docker_line(init)
     assert " fleetscore.azurecr.io/fleetscore:0.1.0 " in line
-    assert env_names(line) == ["AZURE_STORAGE_ACCOUNT_NAME"] and SECRET not in offline_start.worker_init
+    assert env_names(line) == CONTAINER_ENV and SECRET not in offline_start.worker_init
+    assert '-e MALLOC_TRIM_THRESHOLD_="67108864"' in line  # the Nanny on the VM reads no fleetscore.yaml
     assert offline_start.cluster.worker_options["extra_vm_options"]["identity"]["user_assigned_identities"] == {
         IDENTITY: {}}
     assert_registry_login_before_the_container(init)

@@ -37,6 +37,14 @@ def test_success_closes_cluster_and_workers():
 
 
 @pytest.mark.usefixtures("no_leftovers")
+def test_local_workers_get_fleetscores_allocator_settings_not_dasks_trim_at_64_kB():
+    with open_cluster("local") as client:
+        client.wait_for_workers(2, timeout=30)
+        seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("MALLOC_MMAP_THRESHOLD_")))
+    assert set(seen.values()) == {("67108864", "33554432")}
+
+
+@pytest.mark.usefixtures("no_leftovers")
 def test_a_failing_task_still_closes_everything():
     with pytest.raises(ZeroDivisionError):
         with open_cluster("local") as client:
