@@ -151,7 +151,7 @@ def score_batch(store: Store, grid: Grid, manifest: Manifest, files: Sequence[In
     loaded, failures = model_io.load_models(store, manifest, names, policy)
     read, read_failures = _read(store, files, span, list(loaded), manifest)
     failures += read_failures
-    scored, summaries, quarantined = [], [], []
+    scored, quarantined = [], []
     if read is not None:
         quarantined.append(read.quarantined)
         specs = {parse_key(n): manifest["models"][n]["features"] for n in loaded}
@@ -166,10 +166,10 @@ def score_batch(store: Store, grid: Grid, manifest: Manifest, files: Sequence[In
                 failures.append(Failure(f.key[0], str(exc), entry["file"], f.key[1]))
                 continue
             scored.append((f, score, anomaly, entry["sha256"]))
-            summaries.append(alerts.device_hour(f, score, anomaly, grid, rule))
-    summaries += [alerts.unscored(f, grid) for f in failures]
     table = predictions_table(scored)
-    result = BatchResult(names, rows=table.num_rows, device_hours=alerts.device_hours(summaries),
+    hours = alerts.device_hours([alerts.unscored(f, grid) for f in failures],
+                                alerts.scored_hours([s[:3] for s in scored], grid, rule))
+    result = BatchResult(names, rows=table.num_rows, device_hours=hours,
                          failures=failures + (unmodelled(read.devices, manifest) if read else []))
     if table.num_rows:
         result.part = predictions.write_part(store, grid.start, table)

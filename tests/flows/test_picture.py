@@ -17,13 +17,13 @@ GRID = Grid.over([HOUR], min_coverage=0.0)
 RULE = AlertRule(anomalous_steps=1, within_steps=1)
 
 
-def _scored(device: str, steps: np.ndarray, flagged: set[int], tag: str | None = None) -> tuple[dict, pd.DataFrame]:
-    """A model's device-hour row and its predictions (``ts, device, anomaly``), as the batch makes them."""
+def _scored(device: str, steps: np.ndarray, flagged: set[int], tag: str | None = None
+            ) -> tuple[tuple[Features, np.ndarray, np.ndarray], pd.DataFrame]:
+    """A scored model as the batch holds it, and its predictions (``ts, device, anomaly``)."""
     ts = GRID.times(steps)
     anomaly = np.isin(steps, list(flagged)).astype("int8")
-    row = alerts.device_hour(Features((device, tag), ts, np.zeros((len(steps), 1)), expected=GRID.size),
-                             np.zeros(len(steps)), anomaly, GRID, RULE)
-    return row, pd.DataFrame({"ts": ts, "device": device, "anomaly": anomaly})
+    model = Features((device, tag), ts, np.zeros((len(steps), 1)), expected=GRID.size), np.zeros(len(steps)), anomaly
+    return model, pd.DataFrame({"ts": ts, "device": device, "anomaly": anomaly})
 
 
 def _from_predictions(predictions: pd.DataFrame, devices: list[str]) -> pd.DataFrame:
@@ -42,7 +42,8 @@ def test_shares_equal_those_of_the_predictions_and_are_nan_where_nothing_was_sco
               _scored("c", np.sort(rng.choice(every, 500, replace=False)),        # gaps: 7, 9, 10 ... of 12
                       set(rng.choice(every, 80).tolist()), tag="t1"),
               _scored("c", every[::2], set(every[::7].tolist()), tag="t2")]      # a second sensor adds up
-    rows = alerts.device_hours([row for row, _ in models] + [alerts.unscored(Failure("d", "bad"), GRID)])
+    rows = alerts.device_hours([alerts.unscored(Failure("d", "bad"), GRID)],
+                               alerts.scored_hours([model for model, _ in models], GRID, RULE))
     shares = minute_shares(rows, ["b", "a", "c", "d"])
     expected = _from_predictions(pd.concat([p for _, p in models]), ["b", "a", "c", "d"])
     assert list(shares.index) == ["b", "a", "c", "d"] and list(shares.columns) == list(range(60))
@@ -52,8 +53,8 @@ def test_shares_equal_those_of_the_predictions_and_are_nan_where_nothing_was_sco
 
 
 def test_the_map_draws_the_devices_in_alert_from_the_committed_rows_too():
-    rows = alerts.device_hours([_scored("a", np.arange(GRID.size), {5})[0],
-                                _scored("quiet", np.arange(GRID.size), set())[0]])
+    rows = alerts.scored_hours([_scored("a", np.arange(GRID.size), {5})[0],
+                                _scored("quiet", np.arange(GRID.size), set())[0]], GRID, RULE)
     committed = rows.astype({"minutes": object})  # as read back from the Delta table: bytes objects
     pictures = [report.anomaly_map(HOUR, frame) for frame in (rows, committed)]
     assert pictures[0] == pictures[1] and "1 devices in alert" in base64.b64decode(
