@@ -155,7 +155,7 @@ def score_batch(store: Store, grid: Grid, manifest: Manifest, files: Sequence[In
     if read is not None:
         quarantined.append(read.quarantined)
         specs = {parse_key(n): manifest["models"][n]["features"] for n in loaded}
-        features, feature_failures, misaligned = to_features(read.rows, specs, grid)
+        features, feature_failures, misaligned = to_features(read.table, specs, grid)
         quarantined.append(misaligned)
         failures += feature_failures
         for f in features:

@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import pandas as pd
@@ -108,14 +108,20 @@ class DeviceRange:
 class Rows:
     """A batch's telemetry: rows that met the contract, rows that did not, and the devices seen.
 
-    ``rows`` holds ``ts, device, tag, value, file`` (ids and files as categories);
-    ``quarantined`` the bad rows as strings with ``reason`` and ``file``; ``devices``
-    every device id in the range read, kept or not, so devices without a model are named.
+    ``table`` holds ``ts, device, tag, value, file`` (ids and files as dictionaries), as
+    :func:`~scoring.features.to_features` takes them; ``quarantined`` the bad rows as
+    strings with ``reason`` and ``file``; ``devices`` every device id in the range read,
+    kept or not, so devices without a model are named.
     """
 
-    rows: pd.DataFrame
+    table: pa.Table
     quarantined: pd.DataFrame
     devices: list[str]
+
+    @cached_property
+    def rows(self) -> pd.DataFrame:
+        """The valid rows as a frame, ids and files as categories (no string per row)."""
+        return self.table.to_pandas()
 
 
 def hour_files(store: Store, hour: datetime) -> list[InputFile]:
@@ -343,18 +349,18 @@ def read_rows(store: Store, files: Sequence[InputFile], span: DeviceRange = Devi
         good.append(valid)
         if len(quarantined):
             bad.append(quarantined.assign(file=entry.path))
-    return Rows(_frame(good, [f.path for f in files]), pd.concat(bad, ignore_index=True), sorted(seen))
+    return Rows(_table(good, [f.path for f in files]), pd.concat(bad, ignore_index=True), sorted(seen))
 
 
-def _frame(tables: Sequence[pa.Table], files: Sequence[str]) -> pd.DataFrame:
-    """Valid rows of several files as one frame: ids as categories (no string per row), and each row's file.
+def _table(tables: Sequence[pa.Table], files: Sequence[str]) -> pa.Table:
+    """Valid rows of several files as one table, with each row's file.
 
-    The file, a category too, lets rows quarantined later (outside the hour, conflicts) still name it.
+    The file, a dictionary too, lets rows quarantined later (outside the hour, conflicts) still name it.
     """
     table = pa.concat_tables([VALID.empty_table(), *tables]).unify_dictionaries()
     codes = np.repeat(np.arange(len(tables), dtype=np.int32), [t.num_rows for t in tables])
     file = pa.DictionaryArray.from_arrays(codes, pa.array(list(files), pa.string()))
-    return table.append_column("file", file).to_pandas()
+    return table.append_column("file", file)
 
 
 def read_hour(store: Store, hour: datetime, devices: Sequence[str] | None = None) -> pd.DataFrame:

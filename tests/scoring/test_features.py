@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scoring import layout
+from scoring import features, layout, telemetry
 from scoring.align import Grid, align
 from scoring.features import infer_specs, to_features, validate
+from scoring.store import Store
 
 HOUR = layout.parse_hour("2026-11-27T10")
 TS = pd.date_range(HOUR, periods=3, freq="5s", tz="UTC")
@@ -184,3 +185,62 @@ def test_rows_in_file_order_align_as_shuffled_rows_do():
     pd.testing.assert_frame_equal(a.quarantined[key].sort_values(key, ignore_index=True),
                                   b.quarantined[key].sort_values(key, ignore_index=True))
     assert len(a.quarantined) == 2
+
+
+def _hour_table(tmp_path, rows: pd.DataFrame):
+    """The rows as a batch reads them back: Arrow from a Parquet file, and the same as a pandas frame."""
+    store = Store(str(tmp_path))
+    telemetry.write_hour(store, HOUR, rows)
+    read = telemetry.read_rows(store, telemetry.scan_hour(store, HOUR).files)
+    return read.table, read.rows
+
+
+def _on_grid_rows() -> pd.DataFrame:
+    """Devices that keep time: d1 complete, d2 losing tag c after step 100, d4 per sensor, none for d3."""
+    steps = np.arange(GRID_SIZE)
+    frames = [pd.DataFrame({"ts": pd.Timestamp(HOUR) + pd.to_timedelta(steps * 5 + 0.4, "s"), "device": device,
+                            "tag": tag, "value": np.sin(steps + i)})
+              for i, (device, tag) in enumerate([("d1", "a"), ("d1", "b"), ("d1", "c"), ("d2", "a"), ("d2", "b"),
+                                                 ("d4", "a"), ("d4", "b")])]
+    frames.append(pd.DataFrame({"ts": pd.Timestamp(HOUR) + pd.to_timedelta(steps[:100] * 5, "s"), "device": "d2",
+                                "tag": "c", "value": 1.0}))
+    return pd.concat(frames, ignore_index=True)
+
+
+GRID_SIZE = 720
+SPECS = {("d1", None): ["c", "a", "b"], ("d2", None): ["a", "b", "c"], ("d3", None): ["a"],
+         ("d4", "a"): ["value"], ("d4", "b"): ["value"], ("d4", "z"): ["value"]}
+
+
+def _assert_same(left, right) -> None:
+    (features, failures, quarantined), (expected, expected_failures, expected_quarantined) = left, right
+    assert [f.key for f in features] == [f.key for f in expected] and failures == expected_failures
+    for f, e in zip(features, expected):
+        np.testing.assert_array_equal(f.ts, e.ts)
+        np.testing.assert_array_equal(f.X, e.X)
+        assert (f.expected, f.filled, f.duplicates, f.superseded) == (e.expected, e.filled, e.duplicates, e.superseded)
+    pd.testing.assert_frame_equal(quarantined.astype(str), expected_quarantined.astype(str))
+
+
+@pytest.mark.parametrize("max_fill", [0, 2])
+def test_readings_on_the_grid_take_the_shortcut_with_the_rules_result(tmp_path, max_fill):
+    table, frame = _hour_table(tmp_path, _on_grid_rows())
+    rules = grid(max_fill=max_fill, min_coverage=0.5)
+    assert features._on_grid(table, SPECS, rules) is not None
+    made = to_features(table, SPECS, rules)
+    _assert_same(made, to_features(frame, SPECS, rules))
+    assert [(f.device, f.tag) for f in made[1]] == [("d2", None), ("d3", None), ("d4", "z")]  # d2: coverage 100/720
+    assert [f.status for f in made[1]] == ["failed", "silent", "silent"] and made[2].empty
+
+
+@pytest.mark.parametrize("mess", ["duplicate", "conflict", "two in one step", "outside the hour", "unknown tag"])
+def test_readings_the_rules_must_judge_go_through_them(tmp_path, mess):
+    rows = _on_grid_rows()
+    first = rows.iloc[[0]]
+    extra = {"duplicate": first, "conflict": first.assign(value=9.0),
+             "two in one step": first.assign(ts=first["ts"] + pd.Timedelta(seconds=1)),
+             "outside the hour": first.assign(ts=first["ts"] - pd.Timedelta(hours=1)),
+             "unknown tag": first.assign(tag="q")}[mess]
+    table, frame = _hour_table(tmp_path, pd.concat([rows, extra], ignore_index=True))
+    assert features._on_grid(table, SPECS, grid()) is None
+    _assert_same(to_features(table, SPECS, grid()), to_features(frame, SPECS, grid()))
