@@ -1,4 +1,6 @@
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from scoring import layout, telemetry
@@ -145,3 +147,16 @@ def test_batches_follow_devices_not_packs_when_a_pack_holds_models_of_every_rang
     assert plan(manifest) == [["dev-00000", "dev-00001"], ["dev-00002", "dev-00003"], ["dev-00004", "dev-00005"]]
     assert plan({"version": "v1", "models": {}, "packs": {}}) == [[]]
     assert device_ranges({"models": {}}, [[]]) == [telemetry.DeviceRange()]
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_a_range_reads_the_row_groups_that_may_hold_its_devices_or_its_rows_without_an_id(tmp_path, statistics):
+    ids = [f"d{i}" for i in range(6) for _ in range(10)] + [None] * 10  # written sorted: no id last
+    path = tmp_path / "hour.parquet"
+    pq.write_table(pa.table({"device": ids}), path, row_group_size=10, write_statistics=statistics)
+    stats = telemetry.DeviceStats.of(pq.read_metadata(path), 0)
+    every = list(range(7))
+    cases = {("d1", "d3"): [1, 2], ("d1", "d1\0"): [1], ("d5", None): [5, 6], (None, "d0"): [], ("d9", None): [6],
+             (None, None): every}
+    for (start, stop), groups in cases.items():
+        assert telemetry.DeviceRange(start, stop).groups(stats) == (groups if statistics else every)
