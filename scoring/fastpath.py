@@ -92,8 +92,10 @@ class CompiledOCSVM:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is read as distance inf below
             Z = (X - self.mean) / self.scale
             sq = np.einsum("ij,ij->i", Z, Z)[:, None] + self.support_sq - 2.0 * (Z @ self.support.T)
-        sq = np.nan_to_num(np.maximum(sq, 0.0), nan=np.inf)
-        return np.exp(-self.gamma * sq) @ self.coef + self.intercept
+        np.maximum(sq, 0.0, out=sq)
+        np.copyto(sq, np.inf, where=np.isnan(sq))
+        sq *= -self.gamma
+        return np.exp(sq, out=sq) @ self.coef + self.intercept
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """The model's ``decision_function``, whose sign is always libsvm's.

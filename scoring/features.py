@@ -94,7 +94,7 @@ def to_features(
     if isinstance(telemetry, pa.Table):
         made = _on_grid(telemetry, specs, grid)
         if made is not None:
-            return *made, quarantine(pd.DataFrame(columns=[*LONG_COLUMNS, "file"]), np.zeros(0, np.int64), [])
+            return *made, _NOTHING_QUARANTINED
         telemetry = telemetry.to_pandas()
     aligned = align(telemetry, grid)
     columns = _ColumnLookup(aligned.tags)
@@ -145,6 +145,9 @@ def _rows_of_tag(aligned: Aligned, rows: slice, tag: str) -> slice:
     return slice(rows.start + first, rows.start + last)
 
 
+_NOTHING_QUARANTINED = quarantine(pd.DataFrame(columns=[*LONG_COLUMNS, "file"]), np.zeros(0, np.int64), [])
+
+
 def _on_grid(table: pa.Table, specs: Mapping[ModelKey, Sequence[str]], grid: Grid
              ) -> tuple[list[Features], list[Failure]] | None:
     """:func:`to_features` of readings already on the grid, or ``None`` when the rules have work to do.
@@ -170,13 +173,12 @@ def _on_grid(table: pa.Table, specs: Mapping[ModelKey, Sequence[str]], grid: Gri
     d = (np.cumsum(used) - 1)[d]
     width = len(tags) + 1  # a last column of NaN stands for a feature the device never sent
     cell = (d * grid.size + step) * width + t
-    if np.bincount(cell).max() > 1:
+    readings = np.bincount(cell, minlength=int(used.sum()) * grid.size * width).reshape(-1, grid.size, width)
+    if readings.max() > 1:
         return None
-    cube = np.full(int(used.sum()) * grid.size * width, np.nan)
-    cube[cell] = table["value"].to_numpy()
-    cube = cube.reshape(-1, grid.size, width)
-    sent = np.zeros((len(cube), width), dtype=bool)
-    sent[d, t] = True
+    cube = np.full(readings.shape, np.nan)
+    cube.reshape(-1)[cell] = table["value"].to_numpy()
+    sent = readings.any(axis=1)  # the tags each device sent
     row_of = {name: i for i, name in enumerate(np.asarray(devices, dtype=object)[used])}
     col_of = {name: i for i, name in enumerate(tags)}
     features, failures = [], []

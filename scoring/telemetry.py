@@ -373,8 +373,8 @@ def _validated(table: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
     return pa.concat_tables([good, valid]), quarantined
 
 
-_NO_QUARANTINE = validate(pd.DataFrame(columns=list(LONG_COLUMNS)))[1]
-"""The quarantine's columns and types when no row is bad."""
+_NO_QUARANTINE = validate(pd.DataFrame(columns=list(LONG_COLUMNS)))[1].assign(file=pd.array([], "string"))
+"""The quarantine's columns and types when no row is bad (shared: never modified)."""
 
 
 def read_rows(store: Store, files: Sequence[InputFile], span: DeviceRange = DeviceRange(),
@@ -386,7 +386,7 @@ def read_rows(store: Store, files: Sequence[InputFile], span: DeviceRange = Devi
     :class:`UnreadableFile` when a file cannot be read as telemetry at all.
     """
     keep = None if keep is None else set(keep)
-    good, read, bad, seen = [], [], [_NO_QUARANTINE.assign(file="")], set()
+    good, read, bad, seen = [], [], [], set()
     for entry in files:
         with _parse_errors(entry.path):
             if not _may_hold(store, entry, span):
@@ -398,7 +398,7 @@ def read_rows(store: Store, files: Sequence[InputFile], span: DeviceRange = Devi
         read.append(entry.path)
         if len(quarantined):
             bad.append(quarantined.assign(file=entry.path))
-    return Rows(_table(good, read), pd.concat(bad, ignore_index=True), sorted(seen))
+    return Rows(_table(good, read), pd.concat(bad, ignore_index=True) if bad else _NO_QUARANTINE, sorted(seen))
 
 
 def _table(tables: Sequence[pa.Table], files: Sequence[str]) -> pa.Table:
