@@ -229,8 +229,10 @@ def _fill_forward(X: np.ndarray, limit: int) -> int:
     Only rows that hold some reading are filled: a timestamp the device did not
     report at all stays a gap, and is not scored.
     """
+    if limit == 0:
+        return 0
     missing = np.isnan(X)
-    if limit == 0 or not missing.any():
+    if not missing.any():
         return 0
     index = np.arange(len(X))[:, None]
     last = np.maximum.accumulate(np.where(missing, -1, index), axis=0)
