@@ -8,7 +8,7 @@ hour the per-device pandas overhead costs more than the scoring itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +75,10 @@ def _numbers(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values.where(~values.map(lambda v: isinstance(v, bool))), errors="coerce")
 
 
+_NOTHING_QUARANTINED = quarantine(pd.DataFrame(columns=[*LONG_COLUMNS, "file"]), np.zeros(0, np.int64), [])
+"""What a batch whose every device is on the grid quarantines: nothing (shared: never modified)."""
+
+
 def to_features(
     telemetry: pd.DataFrame | pa.Table, specs: Mapping[ModelKey, Sequence[str]], grid: Grid
 ) -> tuple[list[Features], list[Failure], pd.DataFrame]:
@@ -88,15 +92,30 @@ def to_features(
     coverage below ``grid.min_coverage``: ``failed``), and the quarantined rows
     with their reason. One model's problems never affect another.
 
-    An Arrow table (a batch's rows as :mod:`scoring.telemetry` reads them) whose
-    readings the rules would keep as they are takes a shortcut, :func:`_on_grid`,
-    with the same result; any other is aligned as a pandas frame.
+    An Arrow table (a batch's rows as :mod:`scoring.telemetry` reads them) takes a
+    shortcut, :class:`_Cube`, with the same result: only the readings the rules must
+    judge are aligned as a pandas frame, and the rows of a device that sent a tag its
+    model does not know.
     """
-    if isinstance(telemetry, pa.Table):
-        made = _on_grid(telemetry, specs, grid)
-        if made is not None:
-            return *made, _NOTHING_QUARANTINED
-        telemetry = telemetry.to_pandas()
+    if not isinstance(telemetry, pa.Table):
+        return _aligned(telemetry, specs, grid)
+    cube = _Cube.of(telemetry, grid)
+    if cube is None:
+        return _aligned(telemetry.to_pandas(), specs, grid)
+    on_grid = {key: order for key, order in specs.items() if cube.takes(key, order)}
+    features, failures = cube.features(on_grid, grid)
+    rest = {key[0] for key in specs if key not in on_grid}
+    if not rest:
+        return features, failures, cube.quarantined
+    rows = telemetry.filter(cube.rows_of(rest)).to_pandas()
+    others = _aligned(rows, {key: order for key, order in specs.items() if key not in on_grid}, grid)
+    judged = cube.quarantined[~cube.quarantined["device"].isin(rest)]  # the rest's are judged again with all their rows
+    return features + others[0], failures + others[1], pd.concat([judged, others[2]], ignore_index=True)
+
+
+def _aligned(telemetry: pd.DataFrame, specs: Mapping[ModelKey, Sequence[str]], grid: Grid
+             ) -> tuple[list[Features], list[Failure], pd.DataFrame]:
+    """:func:`to_features` by the rules of :mod:`scoring.align`, whatever the readings."""
     aligned = align(telemetry, grid)
     columns = _ColumnLookup(aligned.tags)
     features: list[Features] = []
@@ -146,78 +165,102 @@ def _rows_of_tag(aligned: Aligned, rows: slice, tag: str) -> slice:
     return slice(rows.start + first, rows.start + last)
 
 
-_NOTHING_QUARANTINED = quarantine(pd.DataFrame(columns=[*LONG_COLUMNS, "file"]), np.zeros(0, np.int64), [])
-
-
-def _on_grid(table: pa.Table, specs: Mapping[ModelKey, Sequence[str]], grid: Grid
-             ) -> tuple[list[Features], list[Failure]] | None:
-    """:func:`to_features` of readings already on the grid, or ``None`` when the rules have work to do.
-
-    That is readings all inside the window, at most one per device, tag and step, and
-    no tag a model does not know: what devices that keep time send, and most hours of
-    most fleets. Then aligning keeps every reading where it is, so each is scattered
-    straight from Arrow into one cube (:class:`_Cube`), with no sort and no pandas (30 ms
-    of a 100-device batch saved), and each model's matrix is a slice of it. Anything
-    else (duplicates, conflicts, jitter into one step, rows outside the hour, unknown
-    tags) returns ``None``, for the rules to decide and name in the quarantine.
-    """
-    cube = _Cube.of(table, grid)
-    if cube is None:
-        return None
-    features, failures = [], []
-    for key, order in specs.items():
-        device = cube.devices.get(key[0])
-        cols = cube.columns([key[1]] if key[1] is not None else order)
-        if key[1] is None and device is not None and not set(np.flatnonzero(cube.sent[device])) <= set(cols):
-            return None  # a tag the model does not know: quarantined by the rules
-        if device is None or not cube.sent[device, cols].any():
-            failures.append(_silent(key, grid))
-            continue
-        made = _features(key, cube.values[device][:, cols], grid, (0, 0))
-        (features if isinstance(made, Features) else failures).append(made)
-    return features, failures
-
-
 @dataclass(frozen=True)
 class _Cube:
-    """A batch's readings as ``values[device, step, tag]``, NaN where there is none.
+    """A batch's readings on the grid as ``values[device, step, tag]``, NaN where there is none.
 
-    ``sent[device, tag]`` says whether the device sent the tag at all; the last tag
-    column stands for any tag the batch did not hold, so it is always NaN.
+    Nearly every reading has a step of the window to itself (its device, tag and step
+    hold no other): the rules keep it as it is, so it is scattered straight from Arrow
+    into the cube, with no sort and no pandas (30 ms of a 100-device batch saved). The
+    others (duplicates, conflicts, jitter into one step, rows outside the window) are
+    judged by :func:`~scoring.align.align` alone, which names what to quarantine and
+    counts what it drops, and what it keeps is scattered too. Each model's matrix is
+    then a slice of the cube. ``sent[device, tag]`` says whether a device has a kept
+    reading of a tag; the last tag column stands for any tag the batch does not hold,
+    so it is always NaN.
     """
 
     values: np.ndarray
     sent: np.ndarray
+    duplicates: np.ndarray
+    superseded: np.ndarray
+    quarantined: pd.DataFrame
     devices: dict[str, int]
     tags: dict[str, int]
+    row_device: np.ndarray
 
     @classmethod
     def of(cls, table: pa.Table, grid: Grid) -> _Cube | None:
-        """The cube of a batch's rows, or ``None`` unless every reading has a step of the window to itself."""
+        """The cube of a batch's rows (``None`` if their ids' dictionaries repeat a name)."""
         device, tag = (table[c].combine_chunks() for c in ("device", "tag"))
         devices, tags = device.dictionary.to_pylist(), tag.dictionary.to_pylist()
-        if not table.num_rows or len(set(devices)) < len(devices) or len(set(tags)) < len(tags):
-            return None
-        step = grid.steps(table["ts"].to_numpy())
-        if step.min() < 0 or step.max() >= grid.size:
+        if len(set(devices)) < len(devices) or len(set(tags)) < len(tags):
             return None
         used = np.zeros(len(devices), dtype=bool)  # the dictionary may name devices of other batches
         d, t = device.indices.to_numpy(), tag.indices.to_numpy()
         used[d] = True
         d = (np.cumsum(used) - 1)[d]
-        width = len(tags) + 1
-        cell = (d * grid.size + step) * width + t
-        readings = np.bincount(cell, minlength=int(used.sum()) * grid.size * width).reshape(-1, grid.size, width)
-        if readings.max() > 1:
-            return None
-        values = np.full(readings.shape, np.nan)
-        values.reshape(-1)[cell] = table["value"].to_numpy()
         names = np.asarray(devices, dtype=object)[used]
-        return cls(values, readings.any(axis=1), {n: i for i, n in enumerate(names)}, {n: i for i, n in enumerate(tags)})
+        shape = (len(names), grid.size, len(tags) + 1)
+        step = grid.steps(table["ts"].to_numpy())
+        inside = (step >= 0) & (step < grid.size)
+        cell = np.ravel_multi_index((d, np.clip(step, 0, grid.size - 1), t), shape)
+        alone = inside & (np.bincount(cell[inside], minlength=np.prod(shape))[cell] == 1)
+        values = np.full(shape, np.nan)
+        values.reshape(-1)[cell[alone]] = table["value"].to_numpy()[alone]
+        index = {n: i for i, n in enumerate(names)}, {n: i for i, n in enumerate(tags)}
+        judged = (np.zeros(len(names), np.int64), np.zeros(len(names), np.int64), _NOTHING_QUARANTINED)
+        if not alone.all():
+            judged = _judge(table.filter(pa.array(~alone)).to_pandas(), grid, values, *index)
+        return cls(values, ~np.isnan(values).all(axis=1), *judged, *index, d)
 
     def columns(self, tags: Sequence[str]) -> list[int]:
         """The cube's columns of some tags, in their order."""
-        return [self.tags.get(name, len(self.tags)) for name in tags]
+        return _columns(self.tags, tags)
+
+    def takes(self, key: ModelKey, order: Sequence[str]) -> bool:
+        """Whether a model's matrix is a slice of the cube: its device sent no tag the model does not know."""
+        device = self.devices.get(key[0])
+        return key[1] is not None or device is None or set(np.flatnonzero(self.sent[device])) <= set(self.columns(order))
+
+    def features(self, specs: Mapping[ModelKey, Sequence[str]], grid: Grid) -> tuple[list[Features], list[Failure]]:
+        """:func:`to_features` of models the cube :meth:`takes`."""
+        features, failures = [], []
+        for key, order in specs.items():
+            device = self.devices.get(key[0])
+            cols = self.columns([key[1]] if key[1] is not None else order)
+            if device is None or not self.sent[device, cols].any():
+                failures.append(_silent(key, grid))
+                continue
+            counts = int(self.duplicates[device]), int(self.superseded[device])
+            made = _features(key, self.values[device][:, cols], grid, counts)
+            (features if isinstance(made, Features) else failures).append(made)
+        return features, failures
+
+    def rows_of(self, devices: Collection[str]) -> pa.Array:
+        """Which of the batch's rows are of ``devices``."""
+        chosen = np.zeros(len(self.devices), dtype=bool)
+        chosen[[self.devices[n] for n in devices if n in self.devices]] = True
+        return pa.array(chosen[self.row_device])
+
+
+def _columns(index: Mapping[str, int], tags: Sequence[str]) -> list[int]:
+    """Columns of some tags in a cube whose last column stands for every tag it does not hold."""
+    return [index.get(name, len(index)) for name in tags]
+
+
+def _judge(rows: pd.DataFrame, grid: Grid, values: np.ndarray, devices: Mapping[str, int], tags: Mapping[str, int]
+           ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Align readings that shared a step or fell outside the window, as the rules say, into the cube's ``values``.
+
+    Returns each cube device's readings dropped as duplicates and superseded, and the quarantined rows.
+    """
+    aligned = align(rows.assign(device=rows["device"].cat.remove_unused_categories()), grid)
+    d = np.array([devices[n] for n in aligned.devices], dtype=np.int64)
+    values[d[aligned.device], aligned.step, np.array(_columns(tags, aligned.tags), dtype=np.int64)[aligned.tag]] = aligned.value
+    duplicates, superseded = (np.zeros(len(values), np.int64) for _ in range(2))
+    duplicates[d], superseded[d] = aligned.duplicates, aligned.superseded
+    return duplicates, superseded, aligned.quarantined
 
 
 def _silent(key: ModelKey, grid: Grid) -> Failure:

@@ -8,6 +8,8 @@ import pytest
 from scoring import features, layout, telemetry
 from scoring.align import Grid, align
 from scoring.features import infer_specs, to_features, validate
+from scoring.generate import device_ids
+from scoring.realistic import realistic_hour
 from scoring.store import Store
 
 HOUR = layout.parse_hour("2026-11-27T10")
@@ -213,20 +215,26 @@ SPECS = {("d1", None): ["c", "a", "b"], ("d2", None): ["a", "b", "c"], ("d3", No
 
 
 def _assert_same(left, right) -> None:
+    """The same models' inputs, failures and quarantined rows, whichever order each way lists them in."""
     (features, failures, quarantined), (expected, expected_failures, expected_quarantined) = left, right
-    assert [f.key for f in features] == [f.key for f in expected] and failures == expected_failures
+    by_key = lambda f: (f.key[0], f.key[1] or "")  # noqa: E731
+    features, expected = sorted(features, key=by_key), sorted(expected, key=by_key)
+    assert [f.key for f in features] == [f.key for f in expected]
+    assert sorted(failures, key=repr) == sorted(expected_failures, key=repr)
     for f, e in zip(features, expected):
         np.testing.assert_array_equal(f.ts, e.ts)
         np.testing.assert_array_equal(f.X, e.X)
         assert (f.expected, f.filled, f.duplicates, f.superseded) == (e.expected, e.filled, e.duplicates, e.superseded)
-    pd.testing.assert_frame_equal(quarantined.astype(str), expected_quarantined.astype(str))
+    rows = [q.astype(str).sort_values(list(q.columns), ignore_index=True) for q in (quarantined, expected_quarantined)]
+    pd.testing.assert_frame_equal(*rows)
 
 
 @pytest.mark.parametrize("max_fill", [0, 2])
 def test_readings_on_the_grid_take_the_shortcut_with_the_rules_result(tmp_path, max_fill):
     table, frame = _hour_table(tmp_path, _on_grid_rows())
     rules = grid(max_fill=max_fill, min_coverage=0.5)
-    assert features._on_grid(table, SPECS, rules) is not None
+    cube = features._Cube.of(table, rules)
+    assert cube.quarantined.empty and all(cube.takes(key, order) for key, order in SPECS.items())
     made = to_features(table, SPECS, rules)
     _assert_same(made, to_features(frame, SPECS, rules))
     assert [(f.device, f.tag) for f in made[1]] == [("d2", None), ("d3", None), ("d4", "z")]  # d2: coverage 100/720
@@ -234,13 +242,41 @@ def test_readings_on_the_grid_take_the_shortcut_with_the_rules_result(tmp_path, 
 
 
 @pytest.mark.parametrize("mess", ["duplicate", "conflict", "two in one step", "outside the hour", "unknown tag"])
-def test_readings_the_rules_must_judge_go_through_them(tmp_path, mess):
+def test_readings_the_rules_must_judge_are_judged_by_them(tmp_path, mess):
     rows = _on_grid_rows()
-    first = rows.iloc[[0]]
+    first = rows.iloc[[0]]  # d1's first reading
     extra = {"duplicate": first, "conflict": first.assign(value=9.0),
              "two in one step": first.assign(ts=first["ts"] + pd.Timedelta(seconds=1)),
              "outside the hour": first.assign(ts=first["ts"] - pd.Timedelta(hours=1)),
              "unknown tag": first.assign(tag="q")}[mess]
     table, frame = _hour_table(tmp_path, pd.concat([rows, extra], ignore_index=True))
-    assert features._on_grid(table, SPECS, grid()) is None
-    _assert_same(to_features(table, SPECS, grid()), to_features(frame, SPECS, grid()))
+    cube = features._Cube.of(table, grid())
+    # only a tag the model does not know sends the device's rows through the rules; the rest stay in the cube
+    assert [key for key, order in SPECS.items() if not cube.takes(key, order)] == ([("d1", None)] if mess == "unknown tag" else [])
+    made = to_features(table, SPECS, grid())
+    _assert_same(made, to_features(frame, SPECS, grid()))
+    d1 = next(f for f in made[0] if f.key == ("d1", None))
+    assert (d1.duplicates, d1.superseded) == ((1, 0) if mess == "duplicate" else (0, 1) if mess == "two in one step" else (0, 0))
+    assert len(made[2]) == {"duplicate": 0, "conflict": 2, "two in one step": 0, "outside the hour": 1, "unknown tag": 1}[mess]
+
+
+def test_a_real_fleets_hour_gives_what_the_rules_give(tmp_path):
+    """Jitter, lost, duplicated and late readings on every device, and a device without a model."""
+    rows, _ = realistic_hour(device_ids(6), HOUR, seed=5, duplicates=0.01, late=0.002)
+    rows = rows.astype({"device": str, "tag": str})
+    table, frame = _hour_table(tmp_path, rows)
+    specs = {(d, None): sorted(rows["tag"].unique()) for d in device_ids(5)} | {(device_ids(6)[5], "sensor3"): ["value"]}
+    for rules in (grid(), grid(max_fill=2, min_coverage=0.9)):
+        made = to_features(table, specs, rules)
+        _assert_same(made, to_features(frame, specs, rules))
+        assert len(made[0]) + len(made[1]) == len(specs) and not made[2].empty
+        assert all(f.duplicates > 0 for f in made[0] if f.key[1] is None) and any(f.key[1] == "sensor3" for f in made[0])
+
+
+def test_rows_of_a_device_without_a_model_are_still_quarantined_when_they_must_be(tmp_path):
+    rows = _on_grid_rows()
+    late = rows[rows["device"] == "d4"].head(3).assign(device="d9", ts=lambda r: r["ts"] - pd.Timedelta(hours=1))
+    table, frame = _hour_table(tmp_path, pd.concat([rows, late], ignore_index=True))
+    made = to_features(table, SPECS, grid())
+    _assert_same(made, to_features(frame, SPECS, grid()))
+    assert made[2]["device"].tolist() == ["d9"] * 3
