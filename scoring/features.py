@@ -76,7 +76,7 @@ def _numbers(values: pd.Series) -> pd.Series:
 
 
 _NOTHING_QUARANTINED = quarantine(pd.DataFrame(columns=[*LONG_COLUMNS, "file"]), np.zeros(0, np.int64), [])
-"""What a batch whose every device is on the grid quarantines: nothing (shared: never modified)."""
+"""What a batch whose every reading has a step of the window to itself quarantines: nothing (shared: never modified)."""
 
 
 def to_features(
