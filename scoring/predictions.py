@@ -89,8 +89,7 @@ def commit(store: Store, hour: datetime, parts: Sequence[DataFile], failures: Se
              "quarantine": list(quarantined) or [tables.write_file(store, "quarantine", hour, quarantine_frame([]))]}
     files |= {name: [tables.write_file(store, name, hour, frame)] for name, frame in frames.items()}
     record = {**stats, "quarantined_rows": sum(f.rows for f in quarantined), "inputs": [asdict(i) for i in inputs]}
-    claim = tables.commit_hour(store, hour, files, record, attempts)
-    return tables.commit_record(store, hour, claim)
+    return tables.recorded(record, hour, tables.commit_hour(store, hour, files, record, attempts))
 
 
 def committed(store: Store, hour: datetime) -> dict[str, Any] | None:

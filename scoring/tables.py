@@ -25,6 +25,7 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -296,7 +297,7 @@ def _commit_table(table: DeltaTable, name: str, hour: datetime, files: Sequence[
                 f"the hour holds that run's rows (see `fleetscore history --hour {label}`), this run's are "
                 "not visible. Rerun the hour to replace them; runs of one hour should queue (README)")
         mine = current + 1 if claim is None else claim
-        info = {METADATA_KEY: {**metadata, "hour": label, "claim": mine, "table_files": len(files),
+        info = {METADATA_KEY: {**recorded(metadata, hour, mine), "table_files": len(files),
                                "table_rows": sum(f.rows for f in files)}}
         try:
             table.create_write_transaction(
@@ -314,7 +315,12 @@ def _commit_table(table: DeltaTable, name: str, hour: datetime, files: Sequence[
 
 def commit_hour(store: Store, hour: datetime, files: Mapping[str, Sequence[DataFile]],
                 metadata: Mapping[str, Any], attempts: int = 10) -> int:
-    """Make an hour's files the hour's rows, one transaction per table, in ``layout.TABLE_NAMES`` order.
+    """Make an hour's files the hour's rows, one transaction per table, the first of ``layout.TABLE_NAMES`` first.
+
+    Every table is opened (created, widened) before any commit, so a refused file commits
+    no table. The first table's commit is the hour's claim; only once it is won are the
+    other tables committed under its number, at once: each commit is a few storage round
+    trips, during which delta-rs holds no GIL.
 
     Args:
         store: the store holding the tables.
@@ -336,10 +342,11 @@ def commit_hour(store: Store, hour: datetime, files: Mapping[str, Sequence[DataF
     if empty := [n for n in layout.TABLE_NAMES if not files.get(n)]:
         raise ValueError(f"no file for table(s) {empty}: write an empty frame for a table without rows this hour")
     _check_present(store, hour, [f for n in layout.TABLE_NAMES for f in files[n]])
-    ready = {name: _ready_table(store, name, files[name]) for name in layout.TABLE_NAMES}  # refused before any commit
-    claim = None
-    for name in layout.TABLE_NAMES:
-        claim = _commit_table(ready[name], name, hour, files[name], claim, metadata, attempts)
+    first, *others = layout.TABLE_NAMES
+    with ThreadPoolExecutor(len(layout.TABLE_NAMES)) as pool:
+        ready = dict(zip(layout.TABLE_NAMES, pool.map(lambda n: _ready_table(store, n, files[n]), layout.TABLE_NAMES)))
+        claim = _commit_table(ready[first], first, hour, files[first], None, metadata, attempts)
+        list(pool.map(lambda n: _commit_table(ready[n], n, hour, files[n], claim, metadata, attempts), others))
     return claim
 
 
@@ -385,6 +392,15 @@ def history(store: Store, hour: datetime, name: str = "predictions") -> list[dic
     return [{"version": e["version"], "timestamp": pd.Timestamp(e["timestamp"], unit="ms", tz="UTC"),
              **e[METADATA_KEY]}
             for e in entries if isinstance(e.get(METADATA_KEY), dict) and e[METADATA_KEY].get("hour") == label]
+
+
+def recorded(metadata: Mapping[str, Any], hour: datetime, claim: int) -> dict[str, Any]:
+    """What commit ``claim`` of ``hour`` records beside each table's own counts, as :func:`commit_record` reads it.
+
+    Through JSON, as the Delta log stores it: the committing run gets its record
+    without reading its own commit back from the log.
+    """
+    return json.loads(json.dumps({**metadata, "hour": layout.hour_label(hour), "claim": claim}))
 
 
 def commit_record(store: Store, hour: datetime, claim: int) -> dict[str, Any]:
