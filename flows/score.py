@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
+from distributed import Client
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
@@ -28,10 +32,18 @@ from scoring.store import Store
 
 
 @task(**STORAGE_TASK)
-def read_inputs(store: Store, hour: datetime, model_version: str | None) -> tuple[models.Manifest, telemetry.HourScan]:
-    """The model manifest and the hour's files, checked from their footers (retried: storage hiccups, never bad files)."""
-    manifest = models.read_manifest(store, model_version, signing_key(), require_signature())  # before any model
-    return manifest, telemetry.scan_hour(store, hour)
+def read_manifest(store: Store, model_version: str | None) -> models.Manifest:
+    """The model manifest, checked against its signature before any model is read (retried: storage hiccups)."""
+    return models.read_manifest(store, model_version, signing_key(), require_signature())
+
+
+@task(**STORAGE_TASK)
+def read_inputs(store: Store, hour: datetime) -> telemetry.HourScan:
+    """The hour's files, checked from their footers (retried: storage hiccups, never bad files).
+
+    Submitted, not called: it runs in Prefect's task thread while the cluster starts.
+    """
+    return telemetry.scan_hour(store, hour)
 
 
 @task(**STORAGE_TASK)
@@ -74,6 +86,37 @@ def check_granularity(manifest: models.Manifest, granularity: str | None) -> Non
             f"the published models are per {manifest['granularity']}, the run expects per {granularity}: "
             f"retrain with `fleetscore train --granularity {granularity}` or change the parameter"
         )
+
+
+class ClusterClosedBehind:
+    """``open_cluster`` whose teardown can be handed to another thread once the batches are done.
+
+    The commit and the report need no cluster, so they run while it closes (workers
+    stopped, or VMs deleted: a fixed cost of every run). A cluster not handed over, after
+    an error say, closes on leaving the block as before. It is opened and closed in a
+    context of its own: Dask's client marks itself current in a context variable that
+    only the context that set it may reset, and the closing thread cannot enter the flow's.
+    """
+
+    def __init__(self, kind: str | None, address: str | None, bounds: dict[str, int] | None) -> None:
+        self._kind, self._address, self._bounds = kind, address, bounds
+        self._own = contextvars.copy_context()
+        self._opened = ExitStack()
+        self._closing: Future[None] | None = None
+
+    def __enter__(self) -> ClusterClosedBehind:
+        opening = open_cluster(self._kind, address=self._address, adapt=self._bounds)
+        self.client: Client = self._own.run(self._opened.enter_context, opening)
+        return self
+
+    def close_behind(self, pool: ThreadPoolExecutor) -> Future[None]:
+        """Close the cluster in ``pool``'s thread; wait on the future before the run ends."""
+        self._closing = pool.submit(self._own.run, self._opened.pop_all().close)
+        return self._closing
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._closing is None:
+            self._own.run(self._opened.__exit__, *exc_info)
 
 
 def _lost_batch(manifest: models.Manifest, names: list[str], exc: BaseException) -> BatchResult:
@@ -121,38 +164,44 @@ def score_fleet(
     logger = get_run_logger()
     target = Store(setting("store", store))
     when = target_hour(hour)
-    with one_run_per_hour(when):  # runs of one hour queue: hourly, backfill, manual rerun (flows/limits.py)
-        grid = rules.grid([when], step, max_fill, min_coverage)
-        manifest, scan = read_inputs(target, when, model_version)
-        check_granularity(manifest, granularity)
-        failures = list(scan.unreadable)
-        for failure in scan.unreadable:
-            logger.warning("unreadable telemetry file, the rest of the hour is scored: %s", failure)
-        batches = plan(manifest)
-        logger.info("scoring %s: %d models in %d batches, %d files", layout.hour_label(when),
-                    len(manifest["models"]), len(batches), len(scan.files))
-        bounds, sized = size_for_hour(cluster, len(batches), adapt_bounds(adapt_minimum, adapt_maximum))
-        logger.info("cluster size: %s", sized)
-        with open_cluster(cluster, address=address, adapt=bounds) as client:
-            logger.info("Dask dashboard: %s", client.dashboard_link)
-            policy, rule = model_policy(), rules.alert_rule()
-            jobs = [(f"{layout.hour_label(when)}-{i:05d}",
-                     (target, grid, models.manifest_slice(manifest, names), scan.files, rule, policy, span))
-                    for i, (names, span) in enumerate(zip(batches, device_ranges(manifest, batches)))]
-            with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
-                results = run_batches(client, score_batch, jobs,
-                                      lambda i, exc: _lost_batch(manifest, batches[i], exc), logger,
-                                      retries=setting("scoring.batch-retries"), on_done=progress.update)
-            dashboard = client.dashboard_link
-        failures += [f for r in results for f in r.failures]
-        device_hours = report.device_hours(results)
-        marker = commit_hour(target, when, manifest["version"], quote(results), quote(failures), scan,
-                             quote(device_hours))  # quoted: Prefect does not walk them looking for futures
-    summary = report.summary(target, when, marker, failures, device_hours, time.perf_counter() - started,
-                             dashboard, progress.peak_workers)
-    summary["model_version"] = manifest["version"]
-    report.publish(summary, device_hours, failures, report.anomaly_map(when, device_hours))
-    report.emit_alerts(summary, device_hours)
-    logger.info(report.one_line(summary))
+    with ThreadPoolExecutor(1, thread_name_prefix="cluster-teardown") as teardown:
+        with one_run_per_hour(when):  # runs of one hour queue: hourly, backfill, manual rerun (flows/limits.py)
+            grid = rules.grid([when], step, max_fill, min_coverage)
+            manifest = read_manifest(target, model_version)
+            check_granularity(manifest, granularity)
+            scanning = read_inputs.submit(target, when)  # the hour's footers are read while the cluster starts
+            batches = plan(manifest)
+            bounds, sized = size_for_hour(cluster, len(batches), adapt_bounds(adapt_minimum, adapt_maximum))
+            logger.info("cluster size: %s", sized)
+            with ClusterClosedBehind(cluster, address, bounds) as opened:
+                client = opened.client
+                scan = scanning.result()
+                failures = list(scan.unreadable)
+                for failure in scan.unreadable:
+                    logger.warning("unreadable telemetry file, the rest of the hour is scored: %s", failure)
+                logger.info("scoring %s: %d models in %d batches, %d files", layout.hour_label(when),
+                            len(manifest["models"]), len(batches), len(scan.files))
+                logger.info("Dask dashboard: %s", client.dashboard_link)
+                policy, rule = model_policy(), rules.alert_rule()
+                jobs = [(f"{layout.hour_label(when)}-{i:05d}",
+                         (target, grid, models.manifest_slice(manifest, names), scan.files, rule, policy, span))
+                        for i, (names, span) in enumerate(zip(batches, device_ranges(manifest, batches)))]
+                with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
+                    results = run_batches(client, score_batch, jobs,
+                                          lambda i, exc: _lost_batch(manifest, batches[i], exc), logger,
+                                          retries=setting("scoring.batch-retries"), on_done=progress.update)
+                dashboard = client.dashboard_link
+                closed = opened.close_behind(teardown)
+            failures += [f for r in results for f in r.failures]
+            device_hours = report.device_hours(results)
+            marker = commit_hour(target, when, manifest["version"], quote(results), quote(failures), scan,
+                                 quote(device_hours))  # quoted: Prefect does not walk them looking for futures
+        summary = report.summary(target, when, marker, failures, device_hours, time.perf_counter() - started,
+                                 dashboard, progress.peak_workers)
+        summary["model_version"] = manifest["version"]
+        report.publish(summary, device_hours, failures, report.anomaly_map(when, device_hours))
+        report.emit_alerts(summary, device_hours)
+        logger.info(report.one_line(summary))
+        closed.result()  # a failed teardown fails the run, once the hour is committed and reported
     report.enforce_failure_share(summary, setting("scoring.max-failed-share", max_failed_share))
     return summary

@@ -1,9 +1,14 @@
 """The whole path on one machine: generate, train-fleet and score-fleet on real LocalClusters."""
 
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 import pytest
 
+import flows.score
+from cluster.clusters import open_cluster
 from flows import rules
 from flows.score import score_fleet
 from flows.train import train_fleet
@@ -95,3 +100,23 @@ def test_a_device_without_a_model_fails_alone(tmp_path, write_fleet, train_hours
     assert errors[["device", "file", "reason"]].values.tolist() == [
         ["newcomer", layout.manifest_file(models.live_version(store)), "no model in the manifest"]]
     assert set(predictions.read_predictions(store, scored_hour)["device"]) == {f"dev-{i:05d}" for i in range(6)}
+
+
+def test_the_cluster_closes_while_the_hour_is_committed_and_a_failed_teardown_fails_the_run(scored, scored_hour,
+                                                                                             monkeypatch):
+    store, *_ = scored
+    before = predictions.committed(store, scored_hour)["claim"]
+    closed_by = []
+
+    @contextmanager
+    def refused_teardown(*args, **kwargs):
+        with open_cluster(*args, **kwargs) as client:
+            yield client
+        closed_by.append(threading.current_thread().name)
+        raise OSError("the VM's deletion was refused")  # after the real cluster closed
+
+    monkeypatch.setattr(flows.score, "open_cluster", refused_teardown)
+    state = score_fleet(store=store.url, hour=layout.hour_label(scored_hour), return_state=True)
+    assert state.is_failed() and "the VM's deletion was refused" in state.message
+    assert closed_by[0].startswith("cluster-teardown")  # not the flow's thread: it went on with the commit
+    assert predictions.committed(store, scored_hour)["claim"] == before + 1
