@@ -160,20 +160,33 @@ def sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def parser() -> argparse.ArgumentParser:
-    from scoring.realistic import DUPLICATES, JITTER_SECONDS, LATE, LOSS
+class _RealisticDefaults(argparse.HelpFormatter):
+    """Help that fills in ``{NAME}`` from :mod:`scoring.realistic`, imported only when help is shown.
 
+    The ``--realistic`` delivery defaults live there, and it imports SciPy: 0.8 s that
+    every command would pay just to build its parser.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        from scoring import realistic
+
+        text = super()._get_help_string(action)
+        return text and text.format_map(vars(realistic))
+
+
+def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="fleetscore", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
 
-    def command(name: str, func, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+    def command(name: str, func, help: str, **options) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, **options)
         sub.add_argument("--store", default=setting("store"),
                          help="store URL: a path, file://... or az://container/prefix (default: %(default)s)")
         sub.set_defaults(func=func)
         return sub
 
-    gen = command("generate", generate, "write a synthetic fleet's telemetry with recorded anomalies")
+    gen = command("generate", generate, "write a synthetic fleet's telemetry with recorded anomalies",
+                  formatter_class=_RealisticDefaults)
     gen.add_argument("--devices", type=int, default=200, help="number of devices (default: %(default)s)")
     gen.add_argument("--hours", type=int, default=3, help="hours to write (default: %(default)s)")
     gen.add_argument("--end", help="last hour, YYYY-MM-DDTHH UTC (default: the last full hour)")
@@ -184,12 +197,12 @@ def parser() -> argparse.ArgumentParser:
                      help="telemetry as real fleets send it: tags stamped apart around the grid, lost, duplicated "
                      "and late readings, smooth correlated signals with a daily drift, 1-5 minute anomalies")
     gen.add_argument("--jitter", type=float, help="with --realistic: largest offset of a reading from its grid "
-                     f"time, seconds (default: {JITTER_SECONDS})")
-    gen.add_argument("--loss", type=float, help=f"with --realistic: share of readings lost (default: {LOSS})")
+                     "time, seconds (default: {JITTER_SECONDS})")
+    gen.add_argument("--loss", type=float, help="with --realistic: share of readings lost (default: {LOSS})")
     gen.add_argument("--duplicates", type=float,
-                     help=f"with --realistic: share of readings delivered twice (default: {DUPLICATES})")
+                     help="with --realistic: share of readings delivered twice (default: {DUPLICATES})")
     gen.add_argument("--late", type=float, help="with --realistic: share of readings that arrive in the next "
-                     f"hour's file (default: {LATE})")
+                     "hour's file (default: {LATE})")
 
     fit = command("train", train, "fit and publish one model per device (or sensor) on a window of hours")
     fit.add_argument("--end", help="last hour of the window, YYYY-MM-DDTHH UTC "
