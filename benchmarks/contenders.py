@@ -23,7 +23,7 @@ from joblib import Parallel, delayed
 from flows import rules
 from scoring import layout, telemetry
 from scoring.align import Grid
-from scoring.batch import plan, score_batch
+from scoring.batch import BatchJob, plan, score_batch
 from scoring.model_format import ModelPolicy, decode
 from scoring.models import Manifest, manifest_slice
 from scoring.predict import predict
@@ -148,7 +148,7 @@ def joblib_batches(bench: Bench) -> Outcome:
     slices = [manifest_slice(bench.manifest, names) for names in plan(bench.manifest)]
     pool = Parallel(n_jobs=bench.workers)
     files, rule = telemetry.scan_hour(bench.store, bench.hour).files, rules.alert_rule()
-    results, seconds = timed(lambda: pool(delayed(score_batch)(bench.store, bench.grid, s, files, rule)
+    results, seconds = timed(lambda: pool(delayed(score_batch)(BatchJob(bench.store, bench.grid, s, files, rule))
                                           for s in slices))
     return Outcome(sum(r.scored for r in results), sum(r.rows for r in results),
                    sum(r.anomalies for r in results), seconds, f"{len(slices)} batches")

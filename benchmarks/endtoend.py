@@ -22,7 +22,7 @@ from benchmarks.contenders import BENCH_MIN_COVERAGE, Bench, Outcome, fresh_pred
 from cluster.clusters import open_cluster
 from flows import rules
 from scoring import layout, models, predictions, telemetry
-from scoring.batch import device_ranges, plan, score_batch
+from scoring.batch import BatchJob, device_ranges, plan, score_batch
 
 
 @dataclass
@@ -95,9 +95,10 @@ def without_prefect(bench: Bench) -> Outcome:
             (manifest, scan), parts["read_inputs"] = timed(
                 lambda: (models.read_manifest(bench.store), telemetry.scan_hour(bench.store, bench.hour)))
             batches = plan(manifest)
-            futures = [client.submit(score_batch, bench.store, bench.grid, models.manifest_slice(manifest, names),
-                                     scan.files, rules.alert_rule(), span=span, pure=False)
-                       for names, span in zip(batches, device_ranges(manifest, batches))]
+            jobs = [BatchJob(bench.store, bench.grid, models.manifest_slice(manifest, names), scan.files,
+                             rules.alert_rule(), span=span)
+                    for names, span in zip(batches, device_ranges(manifest, batches))]
+            futures = [client.submit(score_batch, job, pure=False) for job in jobs]
             results = client.gather(futures)
             failures = scan.unreadable + [f for r in results for f in r.failures]
             stats = {"models_scored": sum(r.scored for r in results), "rows": sum(r.rows for r in results),

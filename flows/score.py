@@ -26,7 +26,7 @@ from flows.progress import BatchProgress
 from flows.retries import STORAGE_TASK
 from flows.trust import model_policy, require_signature, signing_key
 from scoring import layout, models, predictions, telemetry
-from scoring.batch import BatchResult, device_ranges, plan, score_batch
+from scoring.batch import BatchJob, BatchResult, device_ranges, plan, score_batch
 from scoring.records import Failure
 from scoring.store import Store
 
@@ -184,7 +184,8 @@ def score_fleet(
                 logger.info("Dask dashboard: %s", client.dashboard_link)
                 policy, rule = model_policy(), rules.alert_rule()
                 jobs = [(f"{layout.hour_label(when)}-{i:05d}",
-                         (target, grid, models.manifest_slice(manifest, names), scan.files, rule, policy, span))
+                         (BatchJob(target, grid, models.manifest_slice(manifest, names), scan.files, rule, policy,
+                                   span),))
                         for i, (names, span) in enumerate(zip(batches, device_ranges(manifest, batches)))]
                 with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
                     results = run_batches(client, score_batch, jobs,

@@ -40,7 +40,7 @@ from flows.trust import signing_key
 from flows.train import train_fleet
 from flows.trust import model_policy, signing_key
 from scoring import layout, models, predictions, tables, telemetry
-from scoring.batch import plan, score_batch
+from scoring.batch import BatchJob, plan, score_batch
 from scoring.training import train_batch
 from scoring.generate import device_ids
 from scoring.model_format import encode
@@ -324,8 +324,9 @@ def test_no_secret_reaches_logs_artifacts_errors_or_pickled_tasks(azurite, az_st
                for entry in tables.history(store, scored_hour, name)]
     errors = predictions.read_errors(store, scored_hour)["reason"].tolist()
     manifest = models.read_manifest(store)
-    pickled = [cloudpickle.dumps((score_batch, store, scored_hour, models.manifest_slice(manifest, names),
-                                  model_policy()))
+    files = telemetry.scan_hour(store, scored_hour).files
+    pickled = [cloudpickle.dumps((score_batch, BatchJob(store, rules.grid([scored_hour]), models.manifest_slice(
+                                  manifest, names), files, rules.alert_rule(), model_policy())))
                for names in plan(manifest)]
     assert logs and artifacts and errors == ["model file is missing"]
     assert any('"fleetscore.device.alert"' in e for e in events) and len(commits) == len(layout.TABLE_NAMES)

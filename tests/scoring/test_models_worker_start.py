@@ -21,13 +21,13 @@ import json, sys
 from scoring import models, telemetry
 from scoring.alerts import AlertRule
 from scoring.align import Grid
-from scoring.batch import score_batch
+from scoring.batch import BatchJob, score_batch
 from scoring.layout import parse_hour
 from scoring.store import Store
 
 store, hour = Store(sys.argv[1]), parse_hour(sys.argv[2])
 manifest = models.read_manifest(store)
-result = score_batch(store, Grid.over([hour]), manifest, telemetry.scan_hour(store, hour).files, AlertRule(1, 1))
+result = score_batch(BatchJob(store, Grid.over([hour]), manifest, telemetry.scan_hour(store, hour).files, AlertRule(1, 1)))
 heavy = [m for m in ("sklearn", "skops", "joblib") if m in sys.modules]
 print(json.dumps({"scored": result.scored, "rows": result.rows, "failures": len(result.failures), "heavy": heavy}))
 """
