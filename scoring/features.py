@@ -201,18 +201,23 @@ class _Cube:
         used[d] = True
         d = (np.cumsum(used) - 1)[d]
         names = np.asarray(devices, dtype=object)[used]
-        shape = (len(names), grid.size, len(tags) + 1)
+        width = len(tags) + 1
         step = grid.steps(table["ts"].to_numpy())
         inside = (step >= 0) & (step < grid.size)
-        cell = np.ravel_multi_index((d, np.clip(step, 0, grid.size - 1), t), shape)
-        alone = inside & (np.bincount(cell[inside], minlength=np.prod(shape))[cell] == 1)
-        values = np.full(shape, np.nan)
-        values.reshape(-1)[cell[alone]] = table["value"].to_numpy()[alone]
+        pair = d * width + t
+        cell = (d * grid.size + np.clip(step, 0, grid.size - 1)) * width + t
+        alone = inside & (np.bincount(cell[inside], minlength=len(names) * grid.size * width)[cell] == 1)
+        value = table["value"].to_numpy()
+        if not alone.all():  # masks copy: only where some reading is not alone
+            pair, cell, value = pair[alone], cell[alone], value[alone]
+        values = np.full((len(names), grid.size, width), np.nan)
+        values.reshape(-1)[cell] = value
+        sent = (np.bincount(pair, minlength=len(names) * width) > 0).reshape(-1, width)
         index = {n: i for i, n in enumerate(names)}, {n: i for i, n in enumerate(tags)}
         judged = (np.zeros(len(names), np.int64), np.zeros(len(names), np.int64), _NOTHING_QUARANTINED)
         if not alone.all():
-            judged = _judge(table.filter(pa.array(~alone)).to_pandas(), grid, values, *index)
-        return cls(values, ~np.isnan(values).all(axis=1), *judged, *index, d)
+            judged = _judge(table.filter(pa.array(~alone)).to_pandas(), grid, values, sent, *index)
+        return cls(values, sent, *judged, *index, d)
 
     def columns(self, tags: Sequence[str]) -> list[int]:
         """The cube's columns of some tags, in their order."""
@@ -249,17 +254,19 @@ def _columns(index: Mapping[str, int], tags: Sequence[str]) -> list[int]:
     return [index.get(name, len(index)) for name in tags]
 
 
-def _judge(rows: pd.DataFrame, grid: Grid, values: np.ndarray, devices: Mapping[str, int], tags: Mapping[str, int]
-           ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Align readings that shared a step or fell outside the window, as the rules say, into the cube's ``values``.
+def _judge(rows: pd.DataFrame, grid: Grid, values: np.ndarray, sent: np.ndarray, devices: Mapping[str, int],
+           tags: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Align readings that shared a step or fell outside the window, as the rules say, into the cube.
 
     Returns each cube device's readings dropped as duplicates and superseded, and the quarantined rows.
     """
     aligned = align(rows.assign(device=rows["device"].cat.remove_unused_categories()), grid)
-    d = np.array([devices[n] for n in aligned.devices], dtype=np.int64)
-    values[d[aligned.device], aligned.step, np.array(_columns(tags, aligned.tags), dtype=np.int64)[aligned.tag]] = aligned.value
+    codes = np.array([devices[n] for n in aligned.devices], dtype=np.int64)
+    d, t = codes[aligned.device], np.array(_columns(tags, aligned.tags), dtype=np.int64)[aligned.tag]
+    values[d, aligned.step, t] = aligned.value
+    sent[d, t] = True
     duplicates, superseded = (np.zeros(len(values), np.int64) for _ in range(2))
-    duplicates[d], superseded[d] = aligned.duplicates, aligned.superseded
+    duplicates[codes], superseded[codes] = aligned.duplicates, aligned.superseded
     return duplicates, superseded, aligned.quarantined
 
 
