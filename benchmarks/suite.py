@@ -185,12 +185,12 @@ def overhead(phases: endtoend.Phases, plain: dict[str, Any] | None) -> dict[str,
     """The fixed start-up cost and Prefect's share of the flow run.
 
     Both need the same work without Prefect (the ``dask-batches`` row): its time to read
-    the inputs separates the flow's start from the reading, its total Prefect's overhead.
+    the manifest separates the flow's start from the reading, its total Prefect's overhead.
     Without it, the fixed cost counts the reading and the share is unknown.
     """
-    read_inputs = plain["parts"]["read_inputs"] if plain else 0.0
-    prefect = phases.total - phases.cluster_start - phases.teardown - plain["seconds"] if plain else None
-    return {"fixed": phases.fixed(read_inputs), "flow_start": phases.flow_start(read_inputs),
+    read_manifest = plain["parts"]["read_manifest"] if plain else 0.0
+    prefect = phases.total - phases.cluster_start - phases.teardown_waited - plain["seconds"] if plain else None
+    return {"fixed": phases.fixed(read_manifest), "flow_start": phases.flow_start(read_manifest),
             "prefect_s": prefect, "prefect_share": prefect / phases.total if plain else None}
 
 
@@ -199,15 +199,15 @@ def phase_lines(phases: endtoend.Phases, plain: dict[str, Any] | None) -> str:
     cost = overhead(phases, plain)
     lines = [
         f"fixed start-up cost: {cost['fixed']:.2f}s (cluster start {phases.cluster_start:.2f}s, "
-        f"flow start {cost['flow_start']:.2f}s, teardown {phases.teardown:.2f}s)"
-        + ("" if plain else " - flow start includes reading the inputs: no dask-batches row to subtract"),
-        f"flow phases: before cluster {phases.before_cluster:.2f}s (flow start, manifest, devices), "
-        f"batches {phases.scoring:.2f}s, after cluster {phases.after_cluster:.2f}s "
-        f"(commit, report, artifacts, flow end)",
+        f"flow start {cost['flow_start']:.2f}s, teardown waited for {phases.teardown_waited:.2f}s)"
+        + ("" if plain else " - flow start includes reading the manifest: no dask-batches row to subtract"),
+        f"flow phases: before cluster {phases.before_cluster:.2f}s (flow start, manifest), "
+        f"batches {phases.scoring:.2f}s, after the batches {phases.after_cluster:.2f}s "
+        f"(commit, report, artifacts, events, flow end; the cluster's {phases.teardown:.2f}s teardown runs meanwhile)",
     ]
     if plain:
         lines.append(f"Prefect overhead: {cost['prefect_s']:.2f}s = {100 * cost['prefect_share']:.1f}% of the run "
-                     f"(flow minus cluster start/teardown minus the same work without Prefect, "
+                     f"(flow minus cluster start and teardown waited for, minus the same work without Prefect, "
                      f"{plain['seconds']:.2f}s)")
     return "\n".join(lines)
 
