@@ -16,7 +16,7 @@ from datetime import datetime
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from scoring import layout
 
@@ -29,15 +29,15 @@ def limit_name(hour: datetime) -> str:
 
 
 def _ensure_limit(name: str) -> None:
-    """Create the hour's limit (one slot) unless it exists: Prefect only acquires slots of existing limits.
-
-    Created without looking first: an hourly run's hour is new, so one request instead of two.
-    """
+    """Create the hour's limit (one slot) unless it exists: Prefect only acquires slots of existing limits."""
     with get_client(sync_client=True) as client:
         try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:  # a run of the hour before, or one starting at the same time
-            pass
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # another run of the hour created it first
+                pass
 
 
 @contextmanager
