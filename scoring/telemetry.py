@@ -218,7 +218,8 @@ def hour_devices(store: Store, scan: HourScan) -> list[str]:
     devices: set[str] = set()
     for entry in scan.files:
         with _parse_errors(entry.path):
-            devices.update(pc.unique(_read_file(store, entry, DeviceRange(), ("device",))["device"]).to_pylist())
+            if (table := _read_file(store, entry, DeviceRange(), ("device",))) is not None:
+                devices.update(pc.unique(table["device"]).to_pylist())
     return sorted(d for d in devices if d is not None)
 
 
@@ -298,17 +299,14 @@ def _footer(store: Store, entry: InputFile) -> _Footer:
     return _Footer(metadata, schema, names, DeviceStats.of(metadata, schema.get_field_index(names["device"])))
 
 
-def _may_hold(store: Store, entry: InputFile, span: DeviceRange) -> bool:
-    """Whether a file may hold rows of the range: a CSV file may; a Parquet file if a row group's statistics say so."""
-    return entry.path.endswith(".csv") or bool(span.groups(_footer(store, entry).devices))
-
-
-def _read_file(store: Store, entry: InputFile, span: DeviceRange, columns: Sequence[str] = LONG_COLUMNS) -> pa.Table:
+def _read_file(store: Store, entry: InputFile, span: DeviceRange,
+               columns: Sequence[str] = LONG_COLUMNS) -> pa.Table | None:
     """One file's rows that may be in ``span``, columns named as :data:`LONG_COLUMNS`, text ids as :data:`IDS`.
 
     Parquet: only the row groups whose device statistics overlap the range are read,
-    so the table may hold some rows of neighbouring devices; CSV: the whole file.
-    Every id column comes as one chunk with one dictionary.
+    so the table may hold some rows of neighbouring devices, and ``None`` when no group
+    does (the file is not opened); CSV: the whole file. Every id column comes as one
+    chunk with one dictionary.
     """
     rel = entry.path
     if rel.endswith(".csv"):
@@ -316,13 +314,15 @@ def _read_file(store: Store, entry: InputFile, span: DeviceRange, columns: Seque
     else:
         with _parse_errors(rel):
             footer = _footer(store, entry)
+            groups = span.groups(footer.devices)
+            if not groups:
+                return None
             names = footer.names
             texts = [names[c] for c in columns if c in ("device", "tag") and _is_text(footer.schema.field(names[c]).type)]
             with pq.ParquetFile(store.path(rel), filesystem=store.fs, metadata=footer.metadata,
                                 read_dictionary=texts) as parquet:
                 # One thread: a worker runs one batch per core already, and Arrow's pool on top cost 20 %.
-                table = parquet.read_row_groups(span.groups(footer.devices), columns=[names[c] for c in columns],
-                                                use_threads=False)
+                table = parquet.read_row_groups(groups, columns=[names[c] for c in columns], use_threads=False)
         table = table.rename_columns(list(columns))
     for name in ("device", "tag"):
         if name in columns and _is_text(table.schema.field(name).type):
@@ -391,9 +391,9 @@ def read_rows(store: Store, files: Sequence[InputFile], span: DeviceRange = Devi
     good, read, bad, seen = [], [], [], set()
     for entry in files:
         with _parse_errors(entry.path):
-            if not _may_hold(store, entry, span):
+            if (table := _read_file(store, entry, span)) is None:
                 continue
-            rows, devices = _selected(_read_file(store, entry, span), span, keep)
+            rows, devices = _selected(table, span, keep)
             seen.update(devices)
             valid, quarantined = _validated(rows)
         good.append(valid)
