@@ -2,7 +2,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scoring import tables
 from scoring.predict import PREDICTIONS, fit_model, predict, predictions_table
 from scoring.records import Features
 
@@ -39,11 +38,11 @@ def test_predictions_table_lines_up_rows_and_devices():
         (Features(("d1", None), ts, np.zeros((2, 1))), np.array([0.5, -1.0]), np.array([0, 1]), "abc"),
         (Features(("d2", "t"), ts[:1], np.zeros((1, 1))), np.array([0.1]), np.array([0]), "def"),
     ])
-    assert tables.decoded(table.schema) == PREDICTIONS
+    assert table.schema == PREDICTIONS
     frame = table.to_pandas()
     assert frame["device"].tolist() == ["d1", "d1", "d2"]
     assert frame["tag"].isna().tolist() == [True, True, False]
     assert frame["anomaly"].tolist() == [0, 1, 0]
     assert frame["model_sha256"].tolist() == ["abc", "abc", "def"]
     assert frame["ts"].tolist() == list(pd.to_datetime(ts[[0, 1, 0]], utc=True))
-    assert predictions_table([]).num_rows == 0 and tables.decoded(predictions_table([]).schema) == PREDICTIONS
+    assert predictions_table([]).num_rows == 0 and predictions_table([]).schema == PREDICTIONS
