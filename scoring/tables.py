@@ -181,15 +181,23 @@ def _stats(table: pa.Table) -> str:
     wrong bound would make a reader skip rows; the hour partition already bounds them.
     """
     stats: dict[str, Any] = {"numRecords": table.num_rows, "nullCount": {}, "minValues": {}, "maxValues": {}}
-    for field, column in zip(table.schema, table.columns):
+    for field, column in zip(decoded(table.schema), table.columns):
         stats["nullCount"][field.name] = column.null_count
         typed = pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or is_text(field.type)
         if not typed or column.null_count == table.num_rows:
             continue
-        low, high = (_json_value(v.as_py()) for v in pc.min_max(column).values())
+        low, high = (_json_value(v.as_py()) for v in pc.min_max(_values(column)).values())
         if low is not None and high is not None:
             stats["minValues"][field.name], stats["maxValues"][field.name] = low, high
     return json.dumps(stats)
+
+
+def _values(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The values a column holds: for codes into a dictionary, the dictionary's entries that are used."""
+    if not pa.types.is_dictionary(column.type):
+        return column
+    codes = column.combine_chunks()
+    return codes.dictionary.take(pc.unique(codes.indices).drop_null())
 
 
 def write_file(store: Store, name: str, hour: datetime, frame: pd.DataFrame | pa.Table) -> DataFile:
@@ -200,15 +208,23 @@ def write_file(store: Store, name: str, hour: datetime, frame: pd.DataFrame | pa
     carries the table's schema into a commit of an hour without rows.
     """
     table = _arrow(frame)
+    schema = decoded(table.schema)
     sink = pa.BufferOutputStream()
     # Dictionary pages for text only: ids and digests repeat, scores and times hardly do, and trying
-    # a dictionary on them cost more than half of writing a batch's predictions.
-    pq.write_table(table, sink, use_dictionary=[f.name for f in table.schema if is_text(f.type)])
+    # a dictionary on them cost more than half of writing a batch's predictions. Text given as codes
+    # into a dictionary is written as it is; no Arrow schema is stored, so that every reader of the
+    # file sees plain text whichever way it was given.
+    pq.write_table(table, sink, use_dictionary=[f.name for f in schema if is_text(f.type)], store_schema=False)
     data = sink.getvalue().to_pybytes()
     rel = layout.table_file(name, hour, sha256(data)[:16])
     if not store.exists(rel):
         store.write(rel, data)
-    return DataFile(name, rel, len(data), table.num_rows, _stats(table), table.schema)
+    return DataFile(name, rel, len(data), table.num_rows, _stats(table), schema)
+
+
+def decoded(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with its dictionary columns as their values' type: what readers of a file see."""
+    return pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema])
 
 
 # ---------------------------------------------------------------------------- committing an hour

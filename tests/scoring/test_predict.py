@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scoring import tables
 from scoring.predict import PREDICTIONS, fit_model, predict, predictions_table
 from scoring.records import Features
 
@@ -38,11 +39,29 @@ def test_predictions_table_lines_up_rows_and_devices():
         (Features(("d1", None), ts, np.zeros((2, 1))), np.array([0.5, -1.0]), np.array([0, 1]), "abc"),
         (Features(("d2", "t"), ts[:1], np.zeros((1, 1))), np.array([0.1]), np.array([0]), "def"),
     ])
-    assert table.schema == PREDICTIONS
+    assert tables.decoded(table.schema) == PREDICTIONS
     frame = table.to_pandas()
     assert frame["device"].tolist() == ["d1", "d1", "d2"]
     assert frame["tag"].isna().tolist() == [True, True, False]
     assert frame["anomaly"].tolist() == [0, 1, 0]
     assert frame["model_sha256"].tolist() == ["abc", "abc", "def"]
     assert frame["ts"].tolist() == list(pd.to_datetime(ts[[0, 1, 0]], utc=True))
-    assert predictions_table([]).num_rows == 0 and predictions_table([]).schema == PREDICTIONS
+    assert predictions_table([]).num_rows == 0 and tables.decoded(predictions_table([]).schema) == PREDICTIONS
+
+
+def test_predictions_name_each_device_tag_and_digest_once_in_their_dictionaries():
+    """The Parquet writer takes these dictionaries as its pages: a name given twice left bytes of the page unset."""
+    ts = np.array(["2026-01-01T00:00:00", "2026-01-01T00:00:05"], dtype="datetime64[ns]")
+    table = predictions_table([
+        (Features(("d1", "a"), ts, np.zeros((2, 1))), np.array([0.5, -1.0]), np.array([0, 1]), "same"),
+        (Features(("d1", "b"), ts, np.zeros((2, 1))), np.array([0.1, 0.2]), np.array([0, 0]), "same"),
+        (Features(("d2", None), ts, np.zeros((2, 1))), np.array([0.3, 0.4]), np.array([0, 0]), "other"),
+        (Features(("d3", None), ts, np.zeros((2, 1))), np.array([0.3, 0.4]), np.array([0, 0]), "other"),
+    ])
+    for name, names in [("device", ["d1", "d2", "d3"]), ("tag", ["a", "b"]), ("model_sha256", ["same", "other"])]:
+        column = table.column(name).combine_chunks()
+        assert sorted(column.dictionary.to_pylist()) == sorted(names), name
+    frame = table.to_pandas()
+    assert frame["device"].tolist() == ["d1"] * 4 + ["d2"] * 2 + ["d3"] * 2
+    assert frame["tag"].tolist()[:4] == ["a", "a", "b", "b"] and frame["tag"].isna().tolist()[4:] == [True] * 4
+    assert frame["model_sha256"].tolist() == ["same"] * 4 + ["other"] * 4
