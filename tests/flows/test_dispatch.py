@@ -4,6 +4,7 @@ import logging
 
 import pytest
 from distributed import Client, LocalCluster
+from prefect import flow
 
 from flows.dispatch import PROGRESS_LINES, run_batches
 from flows.progress import BatchProgress
@@ -40,3 +41,14 @@ def test_a_few_batches_each_log_a_line(client, caplog):
     with caplog.at_level(logging.INFO, logger="test-dispatch"):
         run_batches(client, _square, [("a", (1,)), ("b", (2,))], str, logging.getLogger("test-dispatch"), retries=0)
     assert sorted(r.getMessage()[:14] for r in caplog.records) == ["batch 1/2 done", "batch 2/2 done"]
+
+
+def test_the_bar_is_drawn_in_a_run_not_started_from_a_deployment(client, prefect_backend):
+    @flow
+    def local_run() -> bool:
+        with BatchProgress(client, 1, "h") as progress:
+            return not progress.bar.disable
+
+    assert local_run()
+    with BatchProgress(client, 1, "h") as progress:  # no flow run at all: a plain script
+        assert not progress.bar.disable

@@ -1,5 +1,6 @@
 """Model versions: written under their own prefix, made live last, signed, pruned, loaded without code."""
 
+import gc
 import io
 import json
 import pickle
@@ -48,6 +49,26 @@ def test_a_version_lives_under_its_own_prefix_and_the_pointer_names_it(published
     assert entry["format"] == "ocsvm-arrays" and entry["features"] == ["a", "b"]
     assert entry["window"]["start"].startswith("2026-11-27T08") and len(entry["sha256"]) == 64
     assert manifest["packs"][entry["pack"]]["models"] == ["d0", "d1", "d2"]
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_reading_a_manifest_leaves_the_cycle_collector_as_it_found_it(tmp_path, collecting):
+    """The collector is paused while a manifest is parsed, even one that is not JSON."""
+    store = Store(tmp_path / "s")
+    publish(store)
+    broken = Store(tmp_path / "broken")
+    broken.write(layout.MODELS_LIVE, json.dumps({"version": "20000101T000000Z-000000"}).encode())
+    broken.write(layout.manifest_file("20000101T000000Z-000000"), b"{not json")
+    was = gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        assert models.read_manifest(store)["models"]
+        assert gc.isenabled() is collecting
+        with pytest.raises(json.JSONDecodeError):
+            models.read_manifest(broken)
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def test_the_manifest_records_the_installed_scikit_learn_version(published):
