@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from joblib import Parallel, delayed
 
+from cluster.config import setting
 from flows import rules
 from scoring import layout, telemetry
 from scoring.align import Grid
@@ -145,7 +146,7 @@ def serial_loop(bench: Bench) -> Outcome:
 def joblib_batches(bench: Bench) -> Outcome:
     """fleetscore's own batch function (one per pack) on a joblib process pool instead of Dask."""
     fresh_predictions(bench)
-    slices = [manifest_slice(bench.manifest, names) for names in plan(bench.manifest)]
+    slices = [manifest_slice(bench.manifest, names) for names in plan(bench.manifest, setting("scoring.packs-per-batch"))]
     pool = Parallel(n_jobs=bench.workers)
     files, rule = telemetry.scan_hour(bench.store, bench.hour).files, rules.alert_rule()
     results, seconds = timed(lambda: pool(delayed(score_batch)(BatchJob(bench.store, bench.grid, s, files, rule))

@@ -20,6 +20,7 @@ import dask.config
 import flows.score
 from benchmarks.contenders import BENCH_MIN_COVERAGE, Bench, Outcome, fresh_predictions, timed
 from cluster.clusters import open_cluster
+from cluster.config import setting
 from flows import rules
 from scoring import layout, models, predictions, telemetry
 from scoring.batch import BatchJob, device_ranges, plan, score_batch
@@ -108,7 +109,7 @@ def without_prefect(bench: Bench) -> Outcome:
         def run() -> dict[str, Any]:
             manifest, parts["read_manifest"] = timed(lambda: models.read_manifest(bench.store))
             scan, parts["scan_hour"] = timed(lambda: telemetry.scan_hour(bench.store, bench.hour))
-            batches = plan(manifest)
+            batches = plan(manifest, setting("scoring.packs-per-batch"))
             jobs = [BatchJob(bench.store, bench.grid, models.manifest_slice(manifest, names), scan.files,
                              rules.alert_rule(), span=span)
                     for names, span in zip(batches, device_ranges(manifest, batches))]

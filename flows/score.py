@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextvars
+import gc
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -119,6 +121,23 @@ class ClusterClosedBehind:
             self._own.run(self._opened.__exit__, *exc_info)
 
 
+@contextmanager
+def spared_from_collector() -> Iterator[None]:
+    """Keep the objects that exist now out of Python's cycle collections until the block ends.
+
+    Once the manifest is read, the flow process holds about two million objects at 100,000
+    devices, none in a cycle, and each full collection walked them all: the first one, set off
+    by planning the batches, made ``plan`` take 0.8 s instead of 0.17 s. Frozen objects are
+    still freed by reference counting; unfreezing at the end hands them back to the collector,
+    so that a process running many flows (tests, a backfill's hours) keeps nothing.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _lost_batch(manifest: models.Manifest, names: list[str], exc: BaseException) -> BatchResult:
     """A batch that failed as a whole: every model in it is a failure with the reason."""
     entries = [manifest["models"][n] for n in names]
@@ -164,13 +183,14 @@ def score_fleet(
     logger = get_run_logger()
     target = Store(setting("store", store))
     when = target_hour(hour)
-    with ThreadPoolExecutor(1, thread_name_prefix="cluster-teardown") as teardown:
+    with ThreadPoolExecutor(1, thread_name_prefix="cluster-teardown") as teardown, ExitStack() as held:
         with one_run_per_hour(when):  # runs of one hour queue: hourly, backfill, manual rerun (flows/limits.py)
             grid = rules.grid([when], step, max_fill, min_coverage)
             manifest = read_manifest(target, model_version)
+            held.enter_context(spared_from_collector())
             check_granularity(manifest, granularity)
             scanning = read_inputs.submit(target, when)  # the hour's footers are read while the cluster starts
-            batches = plan(manifest)
+            batches = plan(manifest, setting("scoring.packs-per-batch"))
             bounds, sized = size_for_hour(cluster, len(batches), adapt_bounds(adapt_minimum, adapt_maximum))
             logger.info("cluster size: %s", sized)
             with ClusterClosedBehind(cluster, address, bounds) as opened:

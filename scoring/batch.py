@@ -60,25 +60,31 @@ class BatchResult:
         return int(self.device_hours["anomalies"].sum())
 
 
-def plan(manifest: Manifest) -> list[list[str]]:
+def plan(manifest: Manifest, packs_per_batch: int = 1) -> list[list[str]]:
     """Batches of model names over consecutive devices: deterministic, so reruns write the same files.
 
     Devices are taken in order, every model of a device in the same batch. A batch
-    closes once it holds as many models as the largest pack, and a new one opens at
-    the first device of every pack holding more than half that: a trained version
-    gives one batch per pack, even where a pack lost devices that could not be fitted
-    (a batch reads every pack it touches). Consecutive devices let each batch own a
-    range of device ids (:func:`device_ranges`). A manifest without models still gets
-    one (empty) batch, which names every device as unmodelled.
+    closes once it holds as many models as ``packs_per_batch`` of the largest pack, and
+    a new one opens at the first device of every ``packs_per_batch``-th pack holding more
+    than half the largest: a trained version gives one batch per ``packs_per_batch`` packs,
+    even where a pack lost devices that could not be fitted (a batch reads every pack it
+    touches). Consecutive devices let each batch own a range of device ids
+    (:func:`device_ranges`). A manifest without models still gets one (empty) batch, which
+    names every device as unmodelled.
     """
+    if packs_per_batch < 1:
+        raise ValueError(f"packs per batch must be at least 1, not {packs_per_batch}: "
+                         "set fleetscore.scoring.packs-per-batch")
     entries = manifest["models"]
     packs = manifest.get("packs", {}).values()
-    size = max((len(p["models"]) for p in packs), default=len(entries))
+    largest = max((len(p["models"]) for p in packs), default=len(entries))
+    size = packs_per_batch * largest
 
     def order(name: str) -> tuple[str, str]:
         return entries[name]["device"], entries[name]["tag"] or ""
 
-    opens = {entries[min(p["models"], key=order)]["device"] for p in packs if 2 * len(p["models"]) > size}
+    full = sorted(entries[min(p["models"], key=order)]["device"] for p in packs if 2 * len(p["models"]) > largest)
+    opens = set(full[::packs_per_batch])
     batches: list[list[str]] = []
     previous = None
     for name in sorted(entries, key=order):

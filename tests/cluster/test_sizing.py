@@ -58,17 +58,17 @@ UNSIZED = {"fleetscore.cluster.adapt": {"minimum": 1, "maximum": None}}
 
 
 def test_an_azure_hour_of_a_million_devices_is_sized_from_the_settings():
-    """10,000 batches x 1.5 s / (15 min x 2 threads per VM) = 8.3: 9 VMs, within the cap of 20."""
+    """5,000 batches (of 200 devices) x 3 s / (15 min x 2 threads per VM) = 8.3: 9 VMs, within the cap of 20."""
     with dask.config.set(AZURE | UNSIZED):
-        bounds, reason = size_for_hour("azure", 10_000, None)
+        bounds, reason = size_for_hour("azure", 5_000, None)
     assert bounds == {"minimum": 1, "maximum": 9}
-    assert reason == "10000 batches x 1.5 s / (15 min x 2 threads) -> 9 workers, capped at 20, floor 1: adapt maximum 9"
+    assert reason == "5000 batches x 3 s / (15 min x 2 threads) -> 9 workers, capped at 20, floor 1: adapt maximum 9"
 
 
 def test_a_local_hour_is_capped_and_a_given_maximum_wins():
     with dask.config.set(UNSIZED | {"fleetscore.cluster.sizing.target-minutes": 1}):
-        assert size_for_hour("local", 100, None)[0] == {"minimum": 1, "maximum": 3}  # 150 s / 60 s
-        assert size_for_hour("local", 1000, None)[0] == {"minimum": 1, "maximum": 4}  # 25 wanted, local cap 4
+        assert size_for_hour("local", 50, None)[0] == {"minimum": 1, "maximum": 3}  # 150 s / 60 s
+        assert size_for_hour("local", 1000, None)[0] == {"minimum": 1, "maximum": 4}  # 50 wanted, local cap 4
         assert size_for_hour("local", 1000, {"minimum": 2, "maximum": 2}) == (
             {"minimum": 2, "maximum": 2}, "adapt maximum 2 as given (parameter or fleetscore.cluster.adapt), not sized")
         with dask.config.set({"fleetscore.cluster.sizing.max-workers.local": 0}):

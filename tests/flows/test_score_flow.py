@@ -1,5 +1,6 @@
 """The whole path on one machine: generate, train-fleet and score-fleet on real LocalClusters."""
 
+import gc
 import threading
 from contextlib import contextmanager
 
@@ -86,6 +87,14 @@ def test_rerunning_an_hour_gives_the_same_files(scored, scored_hour):
     score_fleet(store=store.url, hour=layout.hour_label(scored_hour))
     assert {f: store.read(f) for f in tables.hour_files(store, scored_hour)} == before
     assert [h["claim"] for h in tables.history(store, scored_hour)] == [2, 1]  # a new version, the same files
+    assert gc.get_freeze_count() == 0  # the run's manifest was kept from the cycle collector only while it ran
+
+
+def test_objects_are_spared_from_the_collector_only_inside_the_block():
+    frozen = gc.get_freeze_count()
+    with flows.score.spared_from_collector():
+        assert gc.get_freeze_count() > frozen
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_device_without_a_model_fails_alone(tmp_path, write_fleet, train_hours, scored_hour):

@@ -160,3 +160,14 @@ def test_a_range_reads_the_row_groups_that_may_hold_its_devices_or_its_rows_with
              (None, None): every}
     for (start, stop), groups in cases.items():
         assert telemetry.DeviceRange(start, stop).groups(stats) == (groups if statistics else every)
+
+
+def test_batches_of_two_packs_open_at_every_other_full_pack():
+    manifest = manifest_of(device_ids(9), per_pack=2)
+    assert plan(manifest, packs_per_batch=2) == [device_ids(9)[:4], device_ids(9)[4:8], device_ids(9)[8:]]
+    del manifest["models"]["dev-00001"]  # not fitted: its pack holds one model and opens no batch of its own
+    manifest["packs"]["pack-0"]["models"].remove("dev-00001")
+    assert plan(manifest, packs_per_batch=2) == [["dev-00000"], ["dev-00002", "dev-00003", "dev-00004", "dev-00005"],
+                                                 ["dev-00006", "dev-00007", "dev-00008"]]
+    with pytest.raises(ValueError, match="packs-per-batch"):
+        plan(manifest, packs_per_batch=0)
