@@ -40,7 +40,7 @@ def run_batches(
     }
     results: list[Any] = [None] * len(batches)
     for done, future in enumerate(as_completed(futures), start=1):
-        index = futures[future]
+        index = futures.pop(future)  # dropped once read: the worker then frees the result, and stays flat
         try:
             results[index] = future.result()
         except Exception as exc:  # noqa: BLE001 - reported per batch, then the run goes on

@@ -1,6 +1,7 @@
 """Batches mapped over a real cluster: results in order, failures turned into results, bounded progress."""
 
 import logging
+import time
 
 import pytest
 from distributed import Client, LocalCluster
@@ -52,3 +53,26 @@ def test_the_bar_is_drawn_in_a_run_not_started_from_a_deployment(client, prefect
     assert local_run()
     with BatchProgress(client, 1, "h") as progress:  # no flow run at all: a plain script
         assert not progress.bar.disable
+
+
+def _held(dask_scheduler) -> int:
+    """Results the cluster keeps in memory."""
+    return sum(ts.state == "memory" for ts in dask_scheduler.tasks.values())
+
+
+def test_a_result_leaves_the_cluster_once_the_flow_has_read_it(client):
+    """Workers stay flat in the fleet size: none keeps the results of the batches the flow has read."""
+    total, done, held = 30, [], []
+
+    def on_done() -> None:  # called after each result is read; the last time, count what the cluster still keeps
+        done.append(1)
+        if len(done) == total:
+            deadline = time.monotonic() + 10
+            while client.run_on_scheduler(_held) > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            held.append(client.run_on_scheduler(_held))
+
+    results = run_batches(client, _square, [(f"r{i:02d}", (i + 10,)) for i in range(total)], str,
+                          logging.getLogger("test-dispatch"), retries=0, on_done=on_done)
+    assert results == [(i + 10) ** 2 for i in range(total)]
+    assert len(held) == 1 and held[0] <= 1  # at most the last one read; the 29 before it were released
