@@ -137,9 +137,8 @@ class DeviceStats:
 
 @dataclass(frozen=True)
 class _Footer:
-    """What a batch needs of a Parquet file before reading a row: its footer, column names and device statistics."""
+    """What a batch needs of a Parquet file before reading a row: its schema, column names and device statistics."""
 
-    metadata: pq.FileMetaData
     schema: pa.Schema
     names: dict[str, str]
     devices: DeviceStats
@@ -286,17 +285,29 @@ def _read_csv(store: Store, rel: str) -> pa.Table:
 
 @lru_cache(maxsize=64)
 def _footer(store: Store, entry: InputFile) -> _Footer:
-    """A Parquet file's footer, parsed and checked once per worker process for each version of the file.
+    """A Parquet file's footer, checked once per worker process for each version of the file.
 
     Every batch of an hour looks at every file of the hour: at 100,000 devices that is 10
-    footers of 256 kB and 5,600 row groups' statistics, 25 ms, for each of 1,000 batches.
+    footers of 256 kB and 5,600 row groups' statistics, 25 ms, for each of 500 batches.
     The key holds the file's size and etag (or mtime), so a file replaced since is read
-    again, on a long-lived cluster too.
+    again, on a long-lived cluster too. Only what every batch needs is kept for every
+    file (the statistics as arrays, some kB); the parsed footer is :func:`_metadata`'s.
     """
-    metadata = pq.read_metadata(store.path(entry.path), filesystem=store.fs)
+    metadata = _metadata(store, entry)
     schema = metadata.schema.to_arrow_schema()
     names = _check_schema(entry.path, schema)
-    return _Footer(metadata, schema, names, DeviceStats.of(metadata, schema.get_field_index(names["device"])))
+    return _Footer(schema, names, DeviceStats.of(metadata, schema.get_field_index(names["device"])))
+
+
+@lru_cache(maxsize=4)
+def _metadata(store: Store, entry: InputFile) -> pq.FileMetaData:
+    """A Parquet file's parsed footer, for the few files being read.
+
+    About 2 MB each for a 10,000-device file: kept for every file of the hour it made a
+    worker grow with the fleet. A batch reads the one or two files that hold its range, and
+    workers take batches in device order, so four cover the files in use.
+    """
+    return pq.read_metadata(store.path(entry.path), filesystem=store.fs)
 
 
 def _read_file(store: Store, entry: InputFile, span: DeviceRange,
@@ -319,7 +330,7 @@ def _read_file(store: Store, entry: InputFile, span: DeviceRange,
                 return None
             names = footer.names
             texts = [names[c] for c in columns if c in ("device", "tag") and _is_text(footer.schema.field(names[c]).type)]
-            with pq.ParquetFile(store.path(rel), filesystem=store.fs, metadata=footer.metadata,
+            with pq.ParquetFile(store.path(rel), filesystem=store.fs, metadata=_metadata(store, entry),
                                 read_dictionary=texts) as parquet:
                 # One thread: a worker runs one batch per core already, and Arrow's pool on top cost 20 %.
                 table = parquet.read_row_groups(groups, columns=[names[c] for c in columns], use_threads=False)

@@ -105,6 +105,19 @@ def test_a_file_replaced_under_the_same_name_is_read_anew_not_from_the_footers_k
     assert len(after.rows) == (hour_frame["device"] != "dev-00000").sum()
 
 
+def test_a_worker_keeps_every_file_s_statistics_but_the_parsed_footers_of_a_few(any_store, hour_frame):
+    """Memory flat in the hour's number of files: what every batch needs is small; the rest is re-read if needed."""
+    devices = sorted(hour_frame["device"].unique())
+    for i, device in enumerate(devices):  # one file per device, more files than footers are kept
+        telemetry.write_hour(any_store, HOUR, hour_frame[hour_frame["device"] == device], name=f"part-{i:05d}")
+    files = telemetry.scan_hour(any_store, HOUR).files
+    assert len(files) > telemetry._metadata.cache_info().maxsize
+    for device in devices + devices[::-1]:  # forwards, then back to files whose parsed footers were let go
+        rows = telemetry.read_rows(any_store, files, telemetry.DeviceRange(device, device + "\0"))
+        assert rows.devices == [device] and len(rows.rows) == (hour_frame["device"] == device).sum()
+    assert telemetry._metadata.cache_info().currsize <= telemetry._metadata.cache_info().maxsize
+
+
 def manifest_of(devices: list[str], per_pack: int) -> dict:
     """The parts of a manifest that batches are planned from."""
     entries = {d: {"device": d, "tag": None, "pack": f"pack-{i // per_pack}"} for i, d in enumerate(devices)}
