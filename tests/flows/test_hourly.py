@@ -65,11 +65,11 @@ def api(prefect_server):
 
 @pytest.fixture(scope="module")
 def fleet(api, tmp_path_factory, write_fleet, train_hours):
-    """A trained fleet of 12 devices in 2 packs, so a run has two batches to report."""
+    """A trained fleet of 12 devices in 4 packs, so a run has two batches (of two packs) to report."""
     store = Store(tmp_path_factory.mktemp("store"))
     anomalies = write_fleet(store, devices=12)
     train_fleet(start=layout.hour_label(train_hours[0]), end=layout.hour_label(train_hours[-1]),
-                store=store.url, devices_per_pack=6)
+                store=store.url, devices_per_pack=3)
     return store, anomalies
 
 
