@@ -6,12 +6,15 @@ import threading
 from datetime import timedelta
 
 import duckdb
+import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
 from deltalake import DeltaTable
 
 from scoring import layout, tables
+from scoring.predict import PREDICTIONS, predictions_table
+from scoring.records import Features
 from scoring.store import Store
 
 HOUR = layout.parse_hour("2026-11-27T10")
@@ -251,3 +254,22 @@ def test_compaction_keeps_rows_and_vacuum_removes_replaced_and_uncommitted_files
         pd.testing.assert_frame_equal(ordered(tables.read_table(any_store, "predictions", hour)), rows)
         pd.testing.assert_frame_equal(ordered(by_duckdb(any_store, "predictions", hour)), rows, check_dtype=False)
     assert tables.committed(any_store, HOUR) == 1 and tables.committed(any_store, NEXT) == 1
+
+
+def test_predictions_a_batch_writes_as_dictionary_codes_read_as_plain_text_by_every_reader(tmp_path):
+    """A batch hands the writer codes into its few names (a device's per-tag models, null tags); readers see text."""
+    store = Store(tmp_path)
+    ts = np.array(["2026-11-27T10:00:00", "2026-11-27T10:00:05"], dtype="datetime64[ns]")
+    built = predictions_table([
+        (Features(("d1", "a"), ts, np.zeros((2, 1))), np.array([0.5, -1.0]), np.array([0, 1]), "h1"),
+        (Features(("d1", "b"), ts, np.zeros((2, 1))), np.array([0.1, 0.2]), np.array([0, 0]), "h1"),
+        (Features(("d2", None), ts, np.zeros((2, 1))), np.array([0.3, 0.4]), np.array([0, 0]), "h2"),
+    ])
+    files = write_hour(store, HOUR, [["d1", "d2"]])
+    files["predictions"] = [tables.write_file(store, "predictions", HOUR, built)]  # the batch's file instead
+    tables.commit_hour(store, HOUR, files, RUN)
+    want = ordered(built.cast(PREDICTIONS).to_pandas()).sort_values(["device", "tag", "ts"], ignore_index=True)
+    assert want["device"].tolist() == ["d1"] * 4 + ["d2"] * 2 and want["tag"].tolist()[:4] == ["a", "a", "b", "b"]
+    for read in (tables.read_table, by_polars, by_duckdb):
+        got = ordered(read(store, "predictions", HOUR)).sort_values(["device", "tag", "ts"], ignore_index=True)
+        pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
