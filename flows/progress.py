@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 SAMPLE_SECONDS = 1.0
 """Least time between two samples of the cluster size: Dask's ``adapt`` decides once a second, and
-asking the scheduler after every batch would cost a round trip per batch (1,000 at 100,000 devices)."""
+asking the scheduler after every batch would cost a round trip per batch (500 at 100,000 devices)."""
 
 
 def _from_deployment() -> bool:
