@@ -24,9 +24,9 @@ from cluster.config import setting
 from flows import rules
 from scoring import layout, telemetry
 from scoring.align import Grid
-from scoring.batch import BatchJob, plan, score_batch
+from scoring.batch import batch_jobs, plan, score_batch
 from scoring.model_format import ModelPolicy, decode
-from scoring.models import Manifest, manifest_slice
+from scoring.models import Manifest
 from scoring.predict import predict
 from scoring.store import Store, parquet_bytes
 
@@ -146,13 +146,12 @@ def serial_loop(bench: Bench) -> Outcome:
 def joblib_batches(bench: Bench) -> Outcome:
     """fleetscore's own batch function (one per pack) on a joblib process pool instead of Dask."""
     fresh_predictions(bench)
-    slices = [manifest_slice(bench.manifest, names) for names in plan(bench.manifest, setting("scoring.packs-per-batch"))]
+    jobs = batch_jobs(bench.store, bench.grid, bench.manifest, plan(bench.manifest, setting("scoring.packs-per-batch")),
+                      telemetry.scan_hour(bench.store, bench.hour), rules.alert_rule())
     pool = Parallel(n_jobs=bench.workers)
-    files, rule = telemetry.scan_hour(bench.store, bench.hour).files, rules.alert_rule()
-    results, seconds = timed(lambda: pool(delayed(score_batch)(BatchJob(bench.store, bench.grid, s, files, rule))
-                                          for s in slices))
+    results, seconds = timed(lambda: pool(delayed(score_batch)(job) for job in jobs))
     return Outcome(sum(r.scored for r in results), sum(r.rows for r in results),
-                   sum(r.anomalies for r in results), seconds, f"{len(slices)} batches")
+                   sum(r.anomalies for r in results), seconds, f"{len(jobs)} batches")
 
 
 def score_device(store: Store, hour: datetime, entry: dict[str, Any]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from cluster.clusters import open_cluster
 from cluster.config import setting
 from flows import rules
 from scoring import layout, models, predictions, telemetry
-from scoring.batch import BatchJob, device_ranges, plan, score_batch
+from scoring.batch import batch_jobs, plan, score_batch
 
 
 @dataclass
@@ -110,9 +110,7 @@ def without_prefect(bench: Bench) -> Outcome:
             manifest, parts["read_manifest"] = timed(lambda: models.read_manifest(bench.store))
             scan, parts["scan_hour"] = timed(lambda: telemetry.scan_hour(bench.store, bench.hour))
             batches = plan(manifest, setting("scoring.packs-per-batch"))
-            jobs = [BatchJob(bench.store, bench.grid, models.manifest_slice(manifest, names), scan.files,
-                             rules.alert_rule(), span=span)
-                    for names, span in zip(batches, device_ranges(manifest, batches))]
+            jobs = batch_jobs(bench.store, bench.grid, manifest, batches, scan, rules.alert_rule())
             futures = [client.submit(score_batch, job, pure=False) for job in jobs]
             results = client.gather(futures)
             failures = scan.unreadable + [f for r in results for f in r.failures]

@@ -28,7 +28,7 @@ from flows.progress import BatchProgress
 from flows.retries import STORAGE_TASK
 from flows.trust import model_policy, require_signature, signing_key
 from scoring import layout, models, predictions, telemetry
-from scoring.batch import BatchJob, BatchResult, device_ranges, plan, score_batch
+from scoring.batch import BatchResult, batch_jobs, plan, score_batch
 from scoring.records import Failure
 from scoring.store import Store
 
@@ -203,10 +203,8 @@ def score_fleet(
                             len(manifest["models"]), len(batches), len(scan.files))
                 logger.info("Dask dashboard: %s", client.dashboard_link)
                 policy, rule = model_policy(), rules.alert_rule()
-                jobs = [(f"{layout.hour_label(when)}-{i:05d}",
-                         (BatchJob(target, grid, models.manifest_slice(manifest, names), scan.files, rule, policy,
-                                   span),))
-                        for i, (names, span) in enumerate(zip(batches, device_ranges(manifest, batches)))]
+                jobs = [(f"{layout.hour_label(when)}-{i:05d}", (job,))
+                        for i, job in enumerate(batch_jobs(target, grid, manifest, batches, scan, rule, policy))]
                 with BatchProgress(client, len(jobs), layout.hour_label(when)) as progress:
                     results = run_batches(client, score_batch, jobs,
                                           lambda i, exc: _lost_batch(manifest, batches[i], exc), logger,

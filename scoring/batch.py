@@ -30,7 +30,7 @@ from scoring.predict import predict, predictions_table
 from scoring.records import Failure, key_name, parse_key
 from scoring.store import Store
 from scoring.tables import DataFile
-from scoring.telemetry import DeviceRange, InputFile
+from scoring.telemetry import DeviceRange, HourScan, InputFile
 
 
 @dataclass
@@ -145,7 +145,8 @@ class BatchJob:
     """What one scoring batch needs, as one object.
 
     ``manifest`` is the batch's :func:`~scoring.models.manifest_slice`; ``files`` are
-    the hour's telemetry files the flow found readable; ``grid`` and ``rule`` are the
+    the hour's telemetry files the flow found readable (those that may hold ``span``,
+    :meth:`~scoring.telemetry.HourScan.files_for`); ``grid`` and ``rule`` are the
     hour's alignment and alert rules; ``policy`` says which model formats besides plain
     arrays may be loaded (the flow's settings); ``span`` is the batch's range of device
     ids (:func:`device_ranges`), by default the range of its models' devices.
@@ -162,6 +163,13 @@ class BatchJob:
     rule: AlertRule
     policy: ModelPolicy = ModelPolicy()
     span: DeviceRange | None = None
+
+
+def batch_jobs(store: Store, grid: Grid, manifest: Manifest, batches: Sequence[Sequence[str]], scan: HourScan,
+               rule: AlertRule, policy: ModelPolicy = ModelPolicy()) -> list[BatchJob]:
+    """One job per batch of :func:`plan`: its models, its range of device ids and the files that may hold it."""
+    return [BatchJob(store, grid, model_io.manifest_slice(manifest, names), scan.files_for(span), rule, policy, span)
+            for names, span in zip(batches, device_ranges(manifest, batches))]
 
 
 def score_batch(job: BatchJob) -> BatchResult:

@@ -173,6 +173,28 @@ def test_a_range_reads_the_row_groups_that_may_hold_its_devices_or_its_rows_with
              (None, None): every}
     for (start, stop), groups in cases.items():
         assert telemetry.DeviceRange(start, stop).groups(stats) == (groups if statistics else every)
+        assert telemetry.DeviceRange(start, stop).reads(stats.whole()) == bool(groups or not statistics)
+
+
+def test_a_batch_is_sent_only_the_files_that_may_hold_its_range_and_reads_the_same_rows(any_store, hour_frame):
+    """Workers open the footers of the files their range needs, not of every file of the hour."""
+    manifest = manifest_of(device_ids(5), per_pack=2)
+    spans = device_ranges(manifest, plan(manifest))  # dev-00000..01, dev-00002..03, dev-00004 and above
+    by_device = hour_frame.set_index("device")
+    low = telemetry.write_hour(any_store, HOUR, by_device.loc[device_ids(2)].reset_index(), name="low")
+    middle = telemetry.write_hour(any_store, HOUR, by_device.loc[device_ids(4)[2:]].reset_index(), name="middle")
+    anonymous = telemetry.write_hour(any_store, HOUR, hour_frame.head(3).assign(device=None), name="no-id")
+    csv = f"{layout.telemetry_dir(HOUR)}/sample.csv"
+    any_store.write(csv, by_device.loc[["dev-00004"]].reset_index().to_csv(index=False).encode())
+    scan = telemetry.scan_hour(any_store, HOUR)
+    assert sorted(scan.devices) == sorted([low, middle, anonymous])  # CSV files have no footer to go by
+    sent = [sorted(f.path for f in scan.files_for(span)) for span in spans]
+    assert sent == [sorted([low, csv]), sorted([middle, csv]), sorted([anonymous, csv])]
+    for span, files in zip(spans, sent):
+        alone = telemetry.read_rows(any_store, [f for f in scan.files if f.path in files], span)
+        every = telemetry.read_rows(any_store, scan.files, span)
+        assert alone.devices == every.devices and alone.rows.equals(every.rows)
+        assert alone.quarantined.equals(every.quarantined)
 
 
 def test_batches_of_two_packs_open_at_every_other_full_pack():
