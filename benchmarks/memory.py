@@ -22,6 +22,8 @@ from types import TracebackType
 import psutil
 from distributed import Client
 
+from cluster.config import worker_environ
+
 MB = 1024 * 1024
 
 
@@ -97,10 +99,10 @@ class SeparateCluster:
     workers: int
 
 
-def _start(role: str, log: Path, *args: str) -> subprocess.Popen:
+def _start(role: str, log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     with log.open("wb") as out:  # the child keeps its own handle
         return subprocess.Popen([sys.executable, "-m", f"distributed.cli.dask_{role}", *args],
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -138,7 +140,8 @@ def separate_cluster(workers: int, memory_limit: str = "4GiB", timeout: float = 
         address = _address(file, scheduler, logs / "scheduler.log", timeout)
         worker = _start("worker", logs / "worker.log", address, "--nworkers", str(workers), "--nthreads", "1",
                         "--memory-limit", memory_limit, "--no-dashboard", "--host", "127.0.0.1",
-                        "--preload", "scoring.batch")  # imported at start, as a long-lived cluster's workers have
+                        "--preload", "scoring.batch",  # imported at start, as a long-lived cluster's workers have
+                        env=os.environ | worker_environ())  # as the Azure VMs' containers: no fleetscore.yaml there
         stack.callback(_stop, worker)
         with Client(address, timeout=timeout) as client:
             client.wait_for_workers(workers, timeout=timeout)
