@@ -19,6 +19,7 @@ import dask.config
 
 import flows.score
 from benchmarks.contenders import BENCH_MIN_COVERAGE, Bench, Outcome, fresh_predictions, timed
+from benchmarks.sampling import PrefectTime
 from cluster.clusters import open_cluster
 from cluster.config import setting
 from flows import rules
@@ -42,6 +43,8 @@ class Phases:
     teardown: float
     teardown_waited: float
     after_cluster: float  # from the last batch: commit, report, artifacts, events, flow end
+    prefect_own: float = 0.0  # sampled: the flow process's main thread in Prefect's code (benchmarks.sampling)
+    heartbeat_wait: float = 0.0  # sampled: of which waiting for Prefect's heartbeat thread as the flow returns
 
     def flow_start(self, read_manifest: float) -> float:
         """Prefect's start of the run: the time before the cluster less reading the manifest without Prefect."""
@@ -88,13 +91,15 @@ def flow_run(bench: Bench) -> tuple[Outcome, Phases]:
     one_line = flows.score.report.one_line
     with (cluster_of(bench.workers), mock.patch.object(flows.score, "open_cluster", timed_cluster),
           mock.patch.object(flows.score.report, "one_line", reported)):
-        started = time.perf_counter()
-        summary = flows.score.score_fleet(store=bench.store.url, hour=layout.hour_label(bench.hour),
-                                          min_coverage=BENCH_MIN_COVERAGE)
-        ended = time.perf_counter()
+        with PrefectTime() as sampled:
+            started = time.perf_counter()
+            summary = flows.score.score_fleet(store=bench.store.url, hour=layout.hour_label(bench.hour),
+                                              min_coverage=BENCH_MIN_COVERAGE)
+            ended = time.perf_counter()
     phases = Phases(ended - started, marks["open"] - started, marks["ready"] - marks["open"],
                     marks["leave"] - marks["ready"], marks["closed"] - marks["leave"],
-                    max(marks["closed"] - marks["reported"], 0.0), ended - marks["leave"])
+                    max(marks["closed"] - marks["reported"], 0.0), ended - marks["leave"],
+                    sampled.of("prefect") + sampled.of("heartbeat"), sampled.of("heartbeat"))
     outcome = Outcome(summary["devices_scored"], summary["rows"], summary["anomalous_rows"], phases.total,
                       f"cluster start {phases.cluster_start:.1f}s included, teardown {phases.teardown:.1f}s "
                       f"behind the commit ({phases.teardown_waited:.1f}s waited for)")

@@ -187,12 +187,16 @@ def overhead(phases: endtoend.Phases, plain: dict[str, Any] | None) -> dict[str,
 
     Both need the same work without Prefect (the ``dask-batches`` row): its time to read
     the manifest separates the flow's start from the reading, its total Prefect's overhead.
-    Without it, the fixed cost counts the reading and the share is unknown.
+    Without it, the fixed cost counts the reading and the share is unknown. The sampled
+    share (:mod:`benchmarks.sampling`) needs no other row: Prefect's own time less the wait
+    for its heartbeat thread, over the run less that wait.
     """
     read_manifest = plain["parts"]["read_manifest"] if plain else 0.0
     prefect = phases.total - phases.cluster_start - phases.teardown_waited - plain["seconds"] if plain else None
+    own = phases.prefect_own - phases.heartbeat_wait
     return {"fixed": phases.fixed(read_manifest), "flow_start": phases.flow_start(read_manifest),
-            "prefect_s": prefect, "prefect_share": prefect / phases.total if plain else None}
+            "prefect_s": prefect, "prefect_share": prefect / phases.total if plain else None,
+            "prefect_own_share": own / (phases.total - phases.heartbeat_wait)}
 
 
 def phase_lines(phases: endtoend.Phases, plain: dict[str, Any] | None) -> str:
@@ -210,6 +214,10 @@ def phase_lines(phases: endtoend.Phases, plain: dict[str, Any] | None) -> str:
         lines.append(f"Prefect overhead: {cost['prefect_s']:.2f}s = {100 * cost['prefect_share']:.1f}% of the run "
                      f"(flow minus cluster start and teardown waited for, minus the same work without Prefect, "
                      f"{plain['seconds']:.2f}s)")
+    lines.append(f"Prefect's own time, sampled in the flow process: {phases.prefect_own:.2f}s = "
+                 f"{100 * phases.prefect_own / phases.total:.1f}% of the run (engine, API calls, the hour's slot, "
+                 f"tasks, artifacts, events, logs), of which {phases.heartbeat_wait:.2f}s waiting for its heartbeat "
+                 f"thread as the flow returned; without that wait {100 * cost['prefect_own_share']:.1f}%")
     return "\n".join(lines)
 
 

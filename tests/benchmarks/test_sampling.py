@@ -1,0 +1,52 @@
+"""Prefect's own time in a flow run, from samples of the main thread's stack."""
+
+import time
+
+import pytest
+from prefect import flow
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.utilities.callables import call_with_parameters
+
+from benchmarks.sampling import PrefectTime, owner
+from scoring import layout
+
+
+def innermost_frame(call):
+    """The frame an exception raised by ``call()`` was raised in, its callers still linked."""
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - any error will do: only its frames are looked at
+        tb = exc.__traceback__
+    while tb.tb_next:
+        tb = tb.tb_next
+    return tb.tb_frame
+
+
+def test_a_frame_belongs_to_the_innermost_of_prefect_and_fleetscore_on_its_stack():
+    assert owner(innermost_frame(lambda: layout.check_id("a/b"))) == "fleetscore"
+    assert owner(innermost_frame(lambda: call_with_parameters(lambda: 1 / 0, {}))) == "prefect"  # a callback of Prefect's
+    assert owner(innermost_frame(lambda: 1 / 0)) == "other"
+    assert owner(None) == "other"
+
+
+@flow
+def returns_at_once() -> int:
+    return 1
+
+
+def test_a_flow_run_s_wait_for_its_heartbeat_thread_is_counted_apart(prefect_backend):
+    """The heartbeat thread sleeps in whole seconds: a flow that returns at once waits for most of one."""
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}), PrefectTime() as sampled:
+        assert returns_at_once() == 1
+    assert 0.2 < sampled.of("heartbeat") <= 1.1
+    assert sampled.of("prefect") > 0 and sampled.of("fleetscore") == 0
+    assert sum(sampled.of(name) for name in sampled.counts) == pytest.approx(sampled.seconds)
+
+
+def test_time_in_fleetscore_s_code_is_not_prefect_s():
+    with PrefectTime() as sampled:
+        deadline = time.perf_counter() + 0.2
+        while time.perf_counter() < deadline:
+            layout.hour_label(layout.parse_hour("2026-11-27T10"))
+    assert sampled.of("prefect") == 0 == sampled.of("heartbeat")
+    assert sampled.of("fleetscore") > 0
