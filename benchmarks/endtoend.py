@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
@@ -45,6 +45,7 @@ class Phases:
     after_cluster: float  # from the last batch: commit, report, artifacts, events, flow end
     prefect_own: float = 0.0  # sampled: the flow process's main thread in Prefect's code (benchmarks.sampling)
     heartbeat_wait: float = 0.0  # sampled: of which waiting for Prefect's heartbeat thread as the flow returns
+    prefect_callers: dict[str, float] = field(default_factory=dict)  # sampled: the rest by fleetscore's caller
 
     def flow_start(self, read_manifest: float) -> float:
         """Prefect's start of the run: the time before the cluster less reading the manifest without Prefect."""
@@ -99,7 +100,7 @@ def flow_run(bench: Bench) -> tuple[Outcome, Phases]:
     phases = Phases(ended - started, marks["open"] - started, marks["ready"] - marks["open"],
                     marks["leave"] - marks["ready"], marks["closed"] - marks["leave"],
                     max(marks["closed"] - marks["reported"], 0.0), ended - marks["leave"],
-                    sampled.of("prefect") + sampled.of("heartbeat"), sampled.of("heartbeat"))
+                    sampled.of("prefect") + sampled.of("heartbeat"), sampled.of("heartbeat"), sampled.by_caller())
     outcome = Outcome(summary["devices_scored"], summary["rows"], summary["anomalous_rows"], phases.total,
                       f"cluster start {phases.cluster_start:.1f}s included, teardown {phases.teardown:.1f}s "
                       f"behind the commit ({phases.teardown_waited:.1f}s waited for)")

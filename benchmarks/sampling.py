@@ -7,7 +7,9 @@ stack and finds its innermost frame in Prefect's package or in fleetscore's: tim
 whose innermost owner is Prefect is Prefect's (its engine and API calls, the hour's
 concurrency slot, task runs, artifacts, events, log handlers); time whose owner is
 fleetscore is fleetscore's, waiting on Dask included. The wait for Prefect's
-heartbeat thread when the flow function returns is counted apart.
+heartbeat thread when the flow function returns is counted apart, and Prefect's
+time is told by the fleetscore function that called it (``engine`` when none did:
+the flow run's start and end).
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from types import FrameType, TracebackType
 
 import prefect
 
+import cluster
+import flows
+import scoring
+
 PREFECT = str(Path(prefect.__file__).resolve().parent)
-FLEETSCORE = tuple(str(Path(__file__).resolve().parents[1] / part) for part in ("flows", "scoring", "cluster"))
+FLEETSCORE = tuple(str(Path(package.__file__).resolve().parent) for package in (flows, scoring, cluster))
 HEARTBEAT = "_send_heartbeats"
 """Prefect's context manager (``prefect.flow_engine``) that joins its heartbeat thread on exit."""
 
@@ -39,6 +45,18 @@ def owner(frame: FrameType | None) -> str:
     return "other"
 
 
+def caller(frame: FrameType | None) -> str:
+    """The innermost fleetscore function on the stack, ``flows.limits.one_run_per_hour``; ``engine`` if none."""
+    while frame is not None:
+        path = frame.f_code.co_filename
+        for package in FLEETSCORE:
+            if path.startswith(package):
+                module = Path(path).with_suffix("").relative_to(Path(package).parent)
+                return f"{'.'.join(module.parts)}.{frame.f_code.co_name}"
+        frame = frame.f_back
+    return "engine"
+
+
 class PrefectTime:
     """Context manager: seconds of the block spent by this thread in Prefect's code, and waiting for its heartbeat.
 
@@ -49,6 +67,7 @@ class PrefectTime:
     def __init__(self, interval: float = 0.002) -> None:
         self.interval = interval
         self.counts: Counter[str] = Counter()
+        self.callers: Counter[str] = Counter()  # Prefect's samples by the fleetscore function that called it
         self.seconds = 0.0
         self._main = threading.get_ident()
         self._stop = threading.Event()
@@ -67,9 +86,19 @@ class PrefectTime:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.counts[owner(sys._current_frames().get(self._main))] += 1
+            frame = sys._current_frames().get(self._main)
+            self.counts[kind := owner(frame)] += 1
+            if kind == "prefect":
+                self.callers[caller(frame)] += 1
+
+    def _seconds(self, samples: int) -> float:
+        total = sum(self.counts.values())
+        return self.seconds * samples / total if total else 0.0
 
     def of(self, name: str) -> float:
         """Seconds of the block owned by ``name``."""
-        total = sum(self.counts.values())
-        return self.seconds * self.counts[name] / total if total else 0.0
+        return self._seconds(self.counts[name])
+
+    def by_caller(self) -> dict[str, float]:
+        """Prefect's seconds (its heartbeat wait aside) by the fleetscore function that called it, most first."""
+        return {name: self._seconds(n) for name, n in self.callers.most_common()}

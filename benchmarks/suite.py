@@ -214,10 +214,13 @@ def phase_lines(phases: endtoend.Phases, plain: dict[str, Any] | None) -> str:
         lines.append(f"Prefect overhead: {cost['prefect_s']:.2f}s = {100 * cost['prefect_share']:.1f}% of the run "
                      f"(flow minus cluster start and teardown waited for, minus the same work without Prefect, "
                      f"{plain['seconds']:.2f}s)")
-    lines.append(f"Prefect's own time, sampled in the flow process: {phases.prefect_own:.2f}s = "
-                 f"{100 * phases.prefect_own / phases.total:.1f}% of the run (engine, API calls, the hour's slot, "
-                 f"tasks, artifacts, events, logs), of which {phases.heartbeat_wait:.2f}s waiting for its heartbeat "
-                 f"thread as the flow returned; without that wait {100 * cost['prefect_own_share']:.1f}%")
+    callers = list(phases.prefect_callers.items())[:6]
+    lines += [f"Prefect's own time, sampled in the flow process: {phases.prefect_own:.2f}s = "
+              f"{100 * phases.prefect_own / phases.total:.1f}% of the run (engine, API calls, the hour's slot, "
+              f"tasks, artifacts, events, logs), of which {phases.heartbeat_wait:.2f}s waiting for its heartbeat "
+              f"thread as the flow returned; without that wait {100 * cost['prefect_own_share']:.1f}%",
+              "Prefect's own time by fleetscore's caller ('engine': the flow run's start and end): "
+              + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in callers)]
     return "\n".join(lines)
 
 

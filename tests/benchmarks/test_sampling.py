@@ -7,7 +7,8 @@ from prefect import flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.utilities.callables import call_with_parameters
 
-from benchmarks.sampling import PrefectTime, owner
+from benchmarks.sampling import PrefectTime, caller, owner
+from flows import limits
 from scoring import layout
 
 
@@ -27,6 +28,16 @@ def test_a_frame_belongs_to_the_innermost_of_prefect_and_fleetscore_on_its_stack
     assert owner(innermost_frame(lambda: call_with_parameters(lambda: 1 / 0, {}))) == "prefect"  # a callback of Prefect's
     assert owner(innermost_frame(lambda: 1 / 0)) == "other"
     assert owner(None) == "other"
+    assert caller(innermost_frame(lambda: layout.check_id("a/b"))) == "scoring.layout.check_id"
+    assert caller(innermost_frame(lambda: 1 / 0)) == "engine"
+
+
+def test_prefect_s_time_is_told_by_the_fleetscore_function_that_called_it(prefect_backend):
+    with PrefectTime() as sampled:
+        for _ in range(20):
+            limits._ensure_limit("fleetscore-sampling-test")  # an API read, or a creation the first time
+    assert "flows.limits._ensure_limit" in sampled.by_caller()
+    assert sum(sampled.by_caller().values()) == pytest.approx(sampled.of("prefect"))
 
 
 @flow
@@ -40,6 +51,7 @@ def test_a_flow_run_s_wait_for_its_heartbeat_thread_is_counted_apart(prefect_bac
         assert returns_at_once() == 1
     assert 0.2 < sampled.of("heartbeat") <= 1.1
     assert sampled.of("prefect") > 0 and sampled.of("fleetscore") == 0
+    assert set(sampled.by_caller()) == {"engine"}
     assert sum(sampled.of(name) for name in sampled.counts) == pytest.approx(sampled.seconds)
 
 
