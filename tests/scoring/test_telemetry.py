@@ -4,7 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scoring import layout, telemetry
-from scoring.batch import device_ranges, plan
+from flows import rules
+from scoring.batch import batch_jobs, device_ranges, plan
 from scoring.generate import device_ids, generate_hour
 from scoring.store import parquet_bytes
 
@@ -179,7 +180,7 @@ def test_a_range_reads_the_row_groups_that_may_hold_its_devices_or_its_rows_with
 def test_a_batch_is_sent_only_the_files_that_may_hold_its_range_and_reads_the_same_rows(any_store, hour_frame):
     """Workers open the footers of the files their range needs, not of every file of the hour."""
     manifest = manifest_of(device_ids(5), per_pack=2)
-    spans = device_ranges(manifest, plan(manifest))  # dev-00000..01, dev-00002..03, dev-00004 and above
+    batches = plan(manifest)  # dev-00000..01, dev-00002..03, dev-00004 and above
     by_device = hour_frame.set_index("device")
     low = telemetry.write_hour(any_store, HOUR, by_device.loc[device_ids(2)].reset_index(), name="low")
     middle = telemetry.write_hour(any_store, HOUR, by_device.loc[device_ids(4)[2:]].reset_index(), name="middle")
@@ -188,9 +189,11 @@ def test_a_batch_is_sent_only_the_files_that_may_hold_its_range_and_reads_the_sa
     any_store.write(csv, by_device.loc[["dev-00004"]].reset_index().to_csv(index=False).encode())
     scan = telemetry.scan_hour(any_store, HOUR)
     assert sorted(scan.devices) == sorted([low, middle, anonymous])  # CSV files have no footer to go by
-    sent = [sorted(f.path for f in scan.files_for(span)) for span in spans]
+    jobs = batch_jobs(any_store, rules.grid([HOUR]), manifest, batches, scan, rules.alert_rule())
+    sent = [sorted(f.path for f in job.files) for job in jobs]
     assert sent == [sorted([low, csv]), sorted([middle, csv]), sorted([anonymous, csv])]
-    for span, files in zip(spans, sent):
+    assert [job.span for job in jobs] == device_ranges(manifest, batches)
+    for span, files in zip(device_ranges(manifest, batches), sent):
         alone = telemetry.read_rows(any_store, [f for f in scan.files if f.path in files], span)
         every = telemetry.read_rows(any_store, scan.files, span)
         assert alone.devices == every.devices and alone.rows.equals(every.rows)
