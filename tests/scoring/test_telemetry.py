@@ -3,8 +3,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scoring import layout, telemetry
 from flows import rules
+from scoring import layout, telemetry
 from scoring.batch import batch_jobs, device_ranges, plan
 from scoring.generate import device_ids, generate_hour
 from scoring.store import parquet_bytes
