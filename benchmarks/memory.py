@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -22,12 +21,13 @@ from types import TracebackType
 import psutil
 from distributed import Client
 
+from benchmarks.periodic import Periodic
 from cluster.config import worker_environ
 
 MB = 1024 * 1024
 
 
-class PeakMemory:
+class PeakMemory(Periodic):
     """Context manager: the driver's peak RSS, the largest peak of one worker, and processes watched apart.
 
     Workers are the processes started below the driver during the measured phase
@@ -38,7 +38,7 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.05, include: tuple[int, ...] = (),
                  apart: dict[str, int] | None = None) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.include = set(include)
         self.apart = dict(apart or {})
         self.driver_mb = 0.0
@@ -47,8 +47,6 @@ class PeakMemory:
         self.apart_mb = {name: 0.0 for name in self.apart}
         self._me = psutil.Process(os.getpid())
         self._skip: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def watch(self, name: str, pid: int) -> None:
         """Report process ``pid``, started during the measurement, apart as ``name`` (not as a worker)."""
@@ -58,20 +56,14 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         kept = {c.pid for pid in self.include for c in psutil.Process(pid).children(recursive=True)} | self.include
         self._skip = {p.pid for p in self._me.children(recursive=True)} - kept
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
+        super().__exit__(kind, exc, tb)
+        self.sample()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def _sample(self) -> None:
+    def sample(self) -> None:
         self.driver_mb = max(self.driver_mb, self._me.memory_info().rss / MB)
         for name, pid in self.apart.items():
             self.apart_mb[name] = max(self.apart_mb[name], _rss_mb(pid))

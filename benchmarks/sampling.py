@@ -26,6 +26,7 @@ import prefect
 import cluster
 import flows
 import scoring
+from benchmarks.periodic import Periodic
 
 PREFECT = str(Path(prefect.__file__).resolve().parent)
 FLEETSCORE = tuple(str(Path(package.__file__).resolve().parent) for package in (flows, scoring, cluster))
@@ -57,7 +58,7 @@ def caller(frame: FrameType | None) -> str:
     return "engine"
 
 
-class PrefectTime:
+class PrefectTime(Periodic):
     """Context manager: seconds of the block spent by this thread in Prefect's code, and waiting for its heartbeat.
 
     Samples are counted, then scaled to the block's wall time, so the sampler's own
@@ -65,31 +66,26 @@ class PrefectTime:
     """
 
     def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.counts: Counter[str] = Counter()
         self.callers: Counter[str] = Counter()  # Prefect's samples by the fleetscore function that called it
         self.seconds = 0.0
         self._main = threading.get_ident()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> PrefectTime:
         self._started = time.perf_counter()
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(kind, exc, tb)
         self.seconds = time.perf_counter() - self._started
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            frame = sys._current_frames().get(self._main)
-            self.counts[kind := owner(frame)] += 1
-            if kind == "prefect":
-                self.callers[caller(frame)] += 1
+    def sample(self) -> None:
+        frame = sys._current_frames().get(self._main)
+        self.counts[kind := owner(frame)] += 1
+        if kind == "prefect":
+            self.callers[caller(frame)] += 1
 
     def _seconds(self, samples: int) -> float:
         total = sum(self.counts.values())

@@ -1,9 +1,10 @@
 """Prefect's own time in a flow run, from samples of the main thread's stack."""
 
+import logging
 import time
 
 import pytest
-from prefect import flow
+from prefect import flow, flow_engine
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.utilities.callables import call_with_parameters
 
@@ -45,14 +46,33 @@ def returns_at_once() -> int:
     return 1
 
 
-def test_a_flow_run_s_wait_for_its_heartbeat_thread_is_counted_apart(prefect_backend):
-    """The heartbeat thread sleeps in whole seconds: a flow that returns at once waits for most of one."""
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}), PrefectTime() as sampled:
+def test_a_flow_run_s_own_time_is_prefect_s_engine(prefect_backend):
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), PrefectTime() as sampled:
         assert returns_at_once() == 1
-    assert 0.2 < sampled.of("heartbeat") <= 1.1
-    assert sampled.of("prefect") > 0 and sampled.of("fleetscore") == 0
+    assert sampled.of("prefect") > 0 and sampled.of("fleetscore") == 0 == sampled.of("heartbeat")
     assert set(sampled.by_caller()) == {"engine"}
     assert sum(sampled.of(name) for name in sampled.counts) == pytest.approx(sampled.seconds)
+
+
+class HeartbeatsOf:
+    """What ``prefect.flow_engine._send_heartbeats`` asks of a flow run engine, its heartbeats going nowhere."""
+
+    heartbeat_seconds = 30
+    flow_run = None
+    logger = logging.getLogger(__name__)
+
+    def _build_heartbeat_event_template(self):
+        return {}, []
+
+    def _emit_flow_run_heartbeat(self, resource, related):
+        pass
+
+
+def test_the_wait_for_prefect_s_heartbeat_thread_is_counted_apart():
+    """Prefect's heartbeat thread sleeps in whole seconds and is joined as the flow function returns."""
+    with PrefectTime() as sampled, flow_engine._send_heartbeats(HeartbeatsOf()):
+        pass  # the flow function returns at once: the thread has just begun its first second of sleep
+    assert 0.5 < sampled.of("heartbeat") <= 1.1 and sampled.of("prefect") < 0.1
 
 
 def test_time_in_fleetscore_s_code_is_not_prefect_s():
