@@ -133,7 +133,7 @@ def separate_cluster(workers: int, memory_limit: str = "4GiB", timeout: float = 
         worker = _start("worker", logs / "worker.log", address, "--nworkers", str(workers), "--nthreads", "1",
                         "--memory-limit", memory_limit, "--no-dashboard", "--host", "127.0.0.1",
                         "--preload", "scoring.batch",  # imported at start, as a long-lived cluster's workers have
-                        env=os.environ | worker_environ())  # as the Azure VMs' containers: no fleetscore.yaml there
+                        env=worker_environ() | os.environ)  # as the Azure VMs' containers get them; set ones win, as in a Nanny
         stack.callback(_stop, worker)
         with Client(address, timeout=timeout) as client:
             client.wait_for_workers(workers, timeout=timeout)

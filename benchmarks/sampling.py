@@ -14,10 +14,11 @@ the flow run's start and end).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -28,8 +29,8 @@ import flows
 import scoring
 from benchmarks.periodic import Periodic
 
-PREFECT = str(Path(prefect.__file__).resolve().parent)
-FLEETSCORE = tuple(str(Path(package.__file__).resolve().parent) for package in (flows, scoring, cluster))
+PREFECT = str(Path(prefect.__file__).resolve().parent) + os.sep
+FLEETSCORE = tuple(str(Path(package.__file__).resolve().parent) + os.sep for package in (flows, scoring, cluster))
 HEARTBEAT = "_send_heartbeats"
 """Prefect's context manager (``prefect.flow_engine``) that joins its heartbeat thread on exit."""
 
@@ -61,19 +62,21 @@ def caller(frame: FrameType | None) -> str:
 class PrefectTime(Periodic):
     """Context manager: seconds of the block spent by this thread in Prefect's code, and waiting for its heartbeat.
 
-    Samples are counted, then scaled to the block's wall time, so the sampler's own
-    cost (it takes the GIL about 500 times a second) is spread over every owner alike.
+    Each sample is given the time since the one before, not one interval: the sampler
+    looks every 2 ms only while the process waits, and every 5 ms (Python's switch
+    interval) while a thread runs Python code, so equal weights would count waiting
+    twice over and busy code at half its length.
     """
 
     def __init__(self, interval: float = 0.002) -> None:
         super().__init__(interval)
-        self.counts: Counter[str] = Counter()
-        self.callers: Counter[str] = Counter()  # Prefect's samples by the fleetscore function that called it
+        self.owners: defaultdict[str, float] = defaultdict(float)  # seconds by owner
+        self.callers: defaultdict[str, float] = defaultdict(float)  # Prefect's, by the fleetscore function that called it
         self.seconds = 0.0
         self._main = threading.get_ident()
 
     def __enter__(self) -> PrefectTime:
-        self._started = time.perf_counter()
+        self._started = self._last = time.perf_counter()
         return super().__enter__()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -83,18 +86,16 @@ class PrefectTime(Periodic):
 
     def sample(self) -> None:
         frame = sys._current_frames().get(self._main)
-        self.counts[kind := owner(frame)] += 1
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        self.owners[kind := owner(frame)] += elapsed
         if kind == "prefect":
-            self.callers[caller(frame)] += 1
-
-    def _seconds(self, samples: int) -> float:
-        total = sum(self.counts.values())
-        return self.seconds * samples / total if total else 0.0
+            self.callers[caller(frame)] += elapsed
 
     def of(self, name: str) -> float:
         """Seconds of the block owned by ``name``."""
-        return self._seconds(self.counts[name])
+        return self.owners.get(name, 0.0)
 
     def by_caller(self) -> dict[str, float]:
         """Prefect's seconds (its heartbeat wait aside) by the fleetscore function that called it, most first."""
-        return {name: self._seconds(n) for name, n in self.callers.most_common()}
+        return dict(sorted(self.callers.items(), key=lambda item: item[1], reverse=True))

@@ -121,7 +121,7 @@ def test_the_run_measures_only_the_contenders_asked_for(fleet, tmp_path, monkeyp
     assert {(r["devices"], r["anomalies"]) for r in result["rows"]} == {(12, result["rows"][0]["anomalies"])}
     assert 0 < result["phases"]["prefect_share"] < 1 and result["phases"]["fixed"] > 0
     phases = result["phases"]
-    assert 0 <= phases["heartbeat_wait"] <= phases["prefect_own"] < phases["total"] and phases["prefect_own"] > 0
+    assert 0 < phases["prefect_own"] < phases["total"]
     assert "engine" in phases["prefect_callers"]  # the flow run's creation and end, before and after fleetscore's code
     (memory,) = result["memory"]
     assert memory["devices"] == 12 and min(memory["flow_mb"], memory["scheduler_mb"], memory["worker_mb"]) > 50

@@ -11,6 +11,7 @@ from prefect.utilities.callables import call_with_parameters
 from benchmarks.sampling import PrefectTime, caller, owner
 from flows import limits
 from scoring import layout
+from scoring.generate import device_ids
 
 
 def innermost_frame(call):
@@ -37,8 +38,7 @@ def test_prefect_s_time_is_told_by_the_fleetscore_function_that_called_it(prefec
     with PrefectTime() as sampled:
         for _ in range(20):
             limits._ensure_limit("fleetscore-sampling-test")  # an API read, or a creation the first time
-    assert "flows.limits._ensure_limit" in sampled.by_caller()
-    assert sum(sampled.by_caller().values()) == pytest.approx(sampled.of("prefect"))
+    assert next(iter(sampled.by_caller())) == "flows.limits._ensure_limit"  # the caller of most of it
 
 
 @flow
@@ -51,7 +51,7 @@ def test_a_flow_run_s_own_time_is_prefect_s_engine(prefect_backend):
         assert returns_at_once() == 1
     assert sampled.of("prefect") > 0 and sampled.of("fleetscore") == 0 == sampled.of("heartbeat")
     assert set(sampled.by_caller()) == {"engine"}
-    assert sum(sampled.of(name) for name in sampled.counts) == pytest.approx(sampled.seconds)
+    assert sum(sampled.owners.values()) == pytest.approx(sampled.seconds, abs=0.05)  # every moment given to someone
 
 
 class HeartbeatsOf:
@@ -72,7 +72,18 @@ def test_the_wait_for_prefect_s_heartbeat_thread_is_counted_apart():
     """Prefect's heartbeat thread sleeps in whole seconds and is joined as the flow function returns."""
     with PrefectTime() as sampled, flow_engine._send_heartbeats(HeartbeatsOf()):
         pass  # the flow function returns at once: the thread has just begun its first second of sleep
-    assert 0.5 < sampled.of("heartbeat") <= 1.1 and sampled.of("prefect") < 0.1
+    assert 0.5 < sampled.of("heartbeat") <= 1.5 and sampled.of("prefect") < 0.1
+
+
+def test_busy_code_and_waiting_are_each_counted_at_their_length():
+    """The sampler looks every 5 ms while Python code runs and every 2 ms while it waits: time, not samples, counts."""
+    with PrefectTime() as sampled:
+        started = time.perf_counter()
+        device_ids(1_000_000)  # fleetscore's code, busy (0.4 s here)
+        busy = time.perf_counter() - started
+        time.sleep(0.3)  # waiting, in no one's code
+    assert sampled.of("fleetscore") == pytest.approx(busy, rel=0.3)
+    assert sampled.of("other") == pytest.approx(0.3, rel=0.3)
 
 
 def test_time_in_fleetscore_s_code_is_not_prefect_s():

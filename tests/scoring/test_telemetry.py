@@ -177,6 +177,25 @@ def test_a_range_reads_the_row_groups_that_may_hold_its_devices_or_its_rows_with
         assert telemetry.DeviceRange(start, stop).reads(stats.whole()) == bool(groups or not statistics)
 
 
+def test_a_file_is_read_by_a_range_wherever_one_of_its_row_groups_would_be(tmp_path):
+    """The file as one group (what the flow keeps) on files whose statistics are partial, absent or of no id."""
+    over_limit = "d9" + "x" * 5000  # longer than the writer keeps statistics for: its group says nothing
+    tables = {"partial": pa.table({"device": [f"d{i}" for i in range(3) for _ in range(10)] + [over_limit] * 10}),
+              "no id": pa.table({"device": pa.array([None] * 20, pa.string())})}
+    for name, table in tables.items():
+        pq.write_table(table, tmp_path / name, row_group_size=10)
+    pq.ParquetWriter(tmp_path / "no group", pa.schema([("device", pa.string())])).close()
+    spans = [telemetry.DeviceRange(*bounds) for bounds in
+             [(None, "d0"), ("d0", "d1"), ("d1", "d5"), ("d5", None), (None, None), ("e", None)]]
+    for name in [*tables, "no group"]:
+        stats = telemetry.DeviceStats.of(pq.read_metadata(tmp_path / name), 0)
+        assert [span.reads(stats.whole()) for span in spans] == [bool(span.groups(stats)) for span in spans]
+    partial = telemetry.DeviceStats.of(pq.read_metadata(tmp_path / "partial"), 0).whole()
+    assert all(span.reads(partial) for span in spans)  # a group without statistics is read by every range
+    no_id = telemetry.DeviceStats.of(pq.read_metadata(tmp_path / "no id"), 0).whole()
+    assert [span.reads(no_id) for span in spans] == [span.anonymous for span in spans]
+
+
 def test_a_batch_is_sent_only_the_files_that_may_hold_its_range_and_reads_the_same_rows(any_store, hour_frame):
     """Workers open the footers of the files their range needs, not of every file of the hour."""
     manifest = manifest_of(device_ids(5), per_pack=2)
