@@ -40,12 +40,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     top.add_argument("--memory-sizes", default=None,
                      help="fleet sizes of the memory rows (the flow with its scheduler and workers in their "
                           "own processes), comma-separated; default the fleet's own size; '' skips them")
+    top.add_argument("--worker-batches", type=int, default=None,
+                     help="batches one fresh worker scores in turn at each memory size, its memory reported "
+                          "along the way (benchmarks/worker_memory.py); default 500; 0 skips it")
     top.add_argument("--quick", action="store_true",
-                     help="1,000 devices, memory at 300,1000,3000 unless --memory-sizes is given: a few minutes")
+                     help="1,000 devices, memory at 300,1000,3000 unless --memory-sizes is given, 50 worker "
+                          "batches unless --worker-batches is: a few minutes")
     args = top.parse_args(argv)
     if args.quick:
         args.devices = 1000
         args.memory_sizes = "300,1000,3000" if args.memory_sizes is None else args.memory_sizes
+        args.worker_batches = 50 if args.worker_batches is None else args.worker_batches
+    args.worker_batches = 500 if args.worker_batches is None else args.worker_batches
     args.contenders = _names(args.contenders)
     unknown = set(args.contenders) - set(CONTENDERS)
     if unknown:

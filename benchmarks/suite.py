@@ -28,6 +28,7 @@ from benchmarks.contenders import Bench, Outcome
 from benchmarks.fleet import SCORED_HOUR, FleetSize, prepare, ready_chunks
 from benchmarks.memory import PeakMemory, separate_cluster
 from benchmarks.warmup import warm_server
+from benchmarks.worker_memory import curve_table, worker_curve
 from scoring import layout, models, predictions, telemetry
 
 RESULTS = Path(__file__).with_name("results")
@@ -144,15 +145,28 @@ def apart_run(bench: Bench) -> dict[str, Any]:
     return _row(f"{outcome.devices} devices", outcome, memory)
 
 
+def _bench_of(devices: int, bench: Bench, base: FleetSize) -> Bench:
+    """The bench of a fleet like ``base`` of ``devices`` devices: ``bench`` itself at its own size."""
+    size = FleetSize(devices, base.rows, base.tags)
+    return bench if size == base else _bench(prepare(RESULTS, size, bench.workers), bench.workers)
+
+
 def memory_rows(sizes: list[int], base: FleetSize, bench: Bench) -> list[dict[str, Any]]:
     """Peak memory of the flow process, the scheduler and one worker, end to end, at each fleet size."""
     rows = []
     for devices in sizes:
-        size = FleetSize(devices, base.rows, base.tags)
-        print(f"... memory apart, {size.key}", flush=True)
-        at_size = bench if size == base else _bench(prepare(RESULTS, size, bench.workers), bench.workers)
-        rows.append(apart_run(at_size))
+        print(f"... memory apart, {devices} devices", flush=True)
+        rows.append(apart_run(_bench_of(devices, bench, base)))
     return rows
+
+
+def worker_curves(sizes: list[int], base: FleetSize, bench: Bench, batches: int) -> list[dict[str, Any]]:
+    """One fresh worker's memory over ``batches`` batches of each fleet size's hour."""
+    curves = []
+    for devices in sizes:
+        print(f"... one worker's memory over {batches} batches, {devices} devices", flush=True)
+        curves.append(worker_curve(_bench_of(devices, bench, base), batches))
+    return curves
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -231,7 +245,7 @@ def machine() -> dict[str, Any]:
 
 
 def report(size: FleetSize, args: argparse.Namespace, rows: list[dict[str, Any]],
-           phases: endtoend.Phases | None, memory: list[dict[str, Any]]) -> str:
+           phases: endtoend.Phases | None, memory: list[dict[str, Any]], curves: list[dict[str, Any]]) -> str:
     """The printed tables: rows against the floor, the flow's phases, memory by process."""
     plain = next((r for r in rows if r["name"] == ALTERNATIVES[PLAIN][0]), None)
     parts = [f"fleet {size.key}, {args.workers} workers, {machine()['cpus']} CPUs", table(rows, rows[0]["seconds"])]
@@ -240,6 +254,9 @@ def report(size: FleetSize, args: argparse.Namespace, rows: list[dict[str, Any]]
     if memory:
         parts.append("peak memory end to end by fleet size (scheduler and workers in their own processes):\n"
                      + memory_table(memory))
+    if curves:
+        parts.append("one fresh worker scoring the hour's batches in turn (again from the first after the last), "
+                     "its memory after so many batches:\n" + curve_table(curves))
     return "\n\n".join(parts)
 
 
@@ -261,13 +278,14 @@ def main(args: argparse.Namespace) -> int:
                 e2e, phases = flow_row(bench)
                 rows.append(e2e)
             memory = memory_rows(args.memory_sizes, size, bench)
-    print("\n" + report(size, args, rows, phases, memory))
+    curves = worker_curves(args.memory_sizes, size, bench, args.worker_batches) if args.worker_batches else []
+    print("\n" + report(size, args, rows, phases, memory, curves))
     plain = next((r for r in rows if r["name"] == ALTERNATIVES[PLAIN][0]), None)
     out = RESULTS / f"bench-{size.key}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps({"size": asdict(size), "workers": args.workers, "machine": machine(),
                                "contenders": args.contenders, "rows": rows,
                                "phases": phases and {**asdict(phases), **overhead(phases, plain)},
-                               "memory": memory, "seconds": time.perf_counter() - started}, indent=1))
+                               "memory": memory, "worker_curves": curves, "seconds": time.perf_counter() - started}, indent=1))
     print(f"\nwritten {out} in {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -112,7 +112,7 @@ def test_the_run_measures_only_the_contenders_asked_for(fleet, tmp_path, monkeyp
     size, _ = fleet
     monkeypatch.setattr(suite, "RESULTS", tmp_path)
     assert run.main(["--devices", "12", "--rows", "60", "--tags", "3", "--workers", "1",
-                     "--contenders", "dask-batches,flow", "--memory-sizes", "12"]) == 0
+                     "--contenders", "dask-batches,flow", "--memory-sizes", "12", "--worker-batches", "30"]) == 0
     (written,) = tmp_path.glob("bench-12x60x3-*.json")
     result = json.loads(written.read_text())
     names = [r["name"] for r in result["rows"]]
@@ -125,6 +125,12 @@ def test_the_run_measures_only_the_contenders_asked_for(fleet, tmp_path, monkeyp
     assert "engine" in phases["prefect_callers"]  # the flow run's creation and end, before and after fleetscore's code
     (memory,) = result["memory"]
     assert memory["devices"] == 12 and min(memory["flow_mb"], memory["scheduler_mb"], memory["worker_mb"]) > 50
+    (curve,) = result["worker_curves"]  # the hour's one batch, scored 30 times over by one worker
+    assert (curve["devices"], curve["hour_batches"]) == (12, 1)
+    points = curve["points"]
+    assert [p["batches"] for p in points] == [1, 10, 25, 30]
+    assert all(50 < p["rss_mb"] <= p["peak_mb"] for p in points)
+    assert [p["peak_mb"] for p in points] == sorted(p["peak_mb"] for p in points)  # a high-water mark
 
 
 def test_contenders_are_checked_and_memory_defaults_to_the_fleet_size():
@@ -132,6 +138,8 @@ def test_contenders_are_checked_and_memory_defaults_to_the_fleet_size():
     assert run.parse_args(["--devices", "500"]).memory_sizes == [500]
     assert run.parse_args(["--memory-sizes", ""]).memory_sizes == []
     assert run.parse_args(["--contenders", ""]).contenders == []
+    assert [run.parse_args(flags).worker_batches for flags in ([], ["--quick"], ["--quick", "--worker-batches", "0"])] \
+        == [500, 50, 0]
     with pytest.raises(SystemExit):
         run.parse_args(["--contenders", "flow,spak"])
 
