@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from cluster.config import setting
 from flows import rules
 from scoring import layout, telemetry
 from scoring.align import Grid
-from scoring.batch import batch_jobs, plan, score_batch
+from scoring.batch import BatchJob, batch_jobs, plan, score_batch
 from scoring.model_format import ModelPolicy, decode
 from scoring.models import Manifest
 from scoring.predict import predict
@@ -50,6 +50,18 @@ class Bench:
         """The hour's grid; a bench fleet may send fewer rows than the grid holds, so no coverage floor."""
         return rules.grid([self.hour], min_coverage=BENCH_MIN_COVERAGE)
 
+    def fresh_predictions(self) -> None:
+        """Remove the tables: data files are content-addressed, and one already there is not rewritten."""
+        folder = self.store.path(layout.TABLES)
+        if self.store.fs.exists(folder):
+            self.store.fs.rm(folder, recursive=True)
+
+    def batch_jobs(self) -> list[BatchJob]:
+        """The hour's batches as the flow plans them, each with the files that may hold its devices."""
+        batches = plan(self.manifest, setting("scoring.packs-per-batch"))
+        return batch_jobs(self.store, self.grid, self.manifest, batches, telemetry.scan_hour(self.store, self.hour),
+                          rules.alert_rule())
+
 
 @dataclass
 class Outcome:
@@ -61,19 +73,18 @@ class Outcome:
     seconds: float
     note: str = ""
     parts: dict[str, float] = field(default_factory=dict)
+    measured_seconds: float | None = None  # the time of the devices scored, where ``seconds`` is scaled to the fleet
+
+    @property
+    def devices_per_s(self) -> float:
+        """Throughput of the devices scored: from the measured time, not the one scaled to the fleet."""
+        return self.devices / (self.measured_seconds or self.seconds)
 
 
 def combined(parts: Sequence[Outcome]) -> Outcome:
     """One outcome of a contender measured in parts (the floors, one file's devices at a time)."""
     return Outcome(sum(p.devices for p in parts), sum(p.rows for p in parts), sum(p.anomalies for p in parts),
                    sum(p.seconds for p in parts), parts[0].note)
-
-
-def fresh_predictions(bench: Bench) -> None:
-    """Remove the tables: data files are content-addressed, and one already there is not rewritten."""
-    folder = bench.store.path(layout.TABLES)
-    if bench.store.fs.exists(folder):
-        bench.store.fs.rm(folder, recursive=True)
 
 
 def timed(func: Callable[[], Any]) -> tuple[Any, float]:
@@ -145,9 +156,8 @@ def serial_loop(bench: Bench) -> Outcome:
 
 def joblib_batches(bench: Bench) -> Outcome:
     """fleetscore's own batch function (one per pack) on a joblib process pool instead of Dask."""
-    fresh_predictions(bench)
-    jobs = batch_jobs(bench.store, bench.grid, bench.manifest, plan(bench.manifest, setting("scoring.packs-per-batch")),
-                      telemetry.scan_hour(bench.store, bench.hour), rules.alert_rule())
+    bench.fresh_predictions()
+    jobs = bench.batch_jobs()
     pool = Parallel(n_jobs=bench.workers)
     results, seconds = timed(lambda: pool(delayed(score_batch)(job) for job in jobs))
     return Outcome(sum(r.scored for r in results), sum(r.rows for r in results),
@@ -175,8 +185,9 @@ def dask_per_device(bench: Bench, sample: int) -> Outcome:
         frame, seconds = timed(run)
     _write(bench, "dask-per-device", frame)
     fleet = len(bench.manifest["models"])
-    return _outcome(frame, seconds * fleet / len(entries),
-                    f"{len(entries)} of {fleet} devices measured, time scaled to the fleet")
+    outcome = _outcome(frame, seconds * fleet / len(entries),
+                       f"{len(entries)} of {fleet} devices measured, time scaled to the fleet")
+    return replace(outcome, measured_seconds=seconds)
 
 
 def spark_apply_in_pandas(bench: Bench) -> Outcome:

@@ -18,7 +18,7 @@ from unittest import mock
 import dask.config
 
 import flows.score
-from benchmarks.contenders import BENCH_MIN_COVERAGE, Bench, Outcome, fresh_predictions, timed
+from benchmarks.contenders import BENCH_MIN_COVERAGE, Bench, Outcome, timed
 from benchmarks.sampling import PrefectTime
 from cluster.clusters import open_cluster
 from cluster.config import setting
@@ -72,7 +72,7 @@ def cluster_of(workers: int) -> Iterator[None]:
 def flow_run(bench: Bench) -> tuple[Outcome, Phases]:
     """Run ``score-fleet`` on the bench's hour; the caller provides the Prefect API."""
     marks: dict[str, float] = {}
-    fresh_predictions(bench)
+    bench.fresh_predictions()
 
     @contextmanager
     def timed_cluster(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -109,7 +109,7 @@ def flow_run(bench: Bench) -> tuple[Outcome, Phases]:
 
 def without_prefect(bench: Bench) -> Outcome:
     """The flow's work with no Prefect: read inputs, one Dask task per batch, commit. Cluster start excluded."""
-    fresh_predictions(bench)
+    bench.fresh_predictions()
     parts: dict[str, float] = {}
     with cluster_of(bench.workers), open_cluster() as client:
         def run() -> dict[str, Any]:

@@ -19,6 +19,8 @@ import argparse
 
 CONTENDERS = ["serial", "spark", "dask-per-device", "joblib", "dask-batches", "flow"]
 """The rows measured besides the two floors, in the order of the table (:data:`benchmarks.suite.ALTERNATIVES`)."""
+WORKER_BATCHES, QUICK_WORKER_BATCHES = 500, 50
+"""Batches of the worker curve (:mod:`benchmarks.worker_memory`) at each memory size: by default, with ``--quick``."""
 
 
 def _names(text: str) -> list[str]:
@@ -39,19 +41,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="devices scored by the one-task-per-device row (its time is scaled to the fleet)")
     top.add_argument("--memory-sizes", default=None,
                      help="fleet sizes of the memory rows (the flow with its scheduler and workers in their "
-                          "own processes), comma-separated; default the fleet's own size; '' skips them")
+                          "own processes) and of the worker curve, comma-separated; default the fleet's own "
+                          "size; '' skips both")
     top.add_argument("--worker-batches", type=int, default=None,
                      help="batches one fresh worker scores in turn at each memory size, its memory reported "
-                          "along the way (benchmarks/worker_memory.py); default 500; 0 skips it")
+                          f"along the way (benchmarks/worker_memory.py); default {WORKER_BATCHES}; 0 skips it")
     top.add_argument("--quick", action="store_true",
-                     help="1,000 devices, memory at 300,1000,3000 unless --memory-sizes is given, 50 worker "
-                          "batches unless --worker-batches is: a few minutes")
+                     help="1,000 devices, memory at 300,1000,3000 unless --memory-sizes is given, "
+                          f"{QUICK_WORKER_BATCHES} worker batches unless --worker-batches is: a few minutes")
     args = top.parse_args(argv)
     if args.quick:
         args.devices = 1000
         args.memory_sizes = "300,1000,3000" if args.memory_sizes is None else args.memory_sizes
-        args.worker_batches = 50 if args.worker_batches is None else args.worker_batches
-    args.worker_batches = 500 if args.worker_batches is None else args.worker_batches
+    if args.worker_batches is None:
+        args.worker_batches = QUICK_WORKER_BATCHES if args.quick else WORKER_BATCHES
+    if args.worker_batches < 0:
+        top.error(f"--worker-batches {args.worker_batches}: give a count of batches, or 0 to skip the worker curve")
     args.contenders = _names(args.contenders)
     unknown = set(args.contenders) - set(CONTENDERS)
     if unknown:

@@ -51,7 +51,7 @@ ALTERNATIVES: dict[str, tuple[str, Run]] = {
 
 def _row(name: str, outcome: Outcome, memory: PeakMemory | None = None) -> dict[str, Any]:
     """One table row, printed as it is measured: a long run shows its figures as it goes."""
-    row = {"name": name, **asdict(outcome), "devices_per_s": outcome.devices / outcome.seconds}
+    row = {"name": name, **asdict(outcome), "devices_per_s": outcome.devices_per_s}
     if memory:
         row |= {"driver_mb": memory.driver_mb, "worker_mb": memory.worker_mb,
                 "workers_total_mb": memory.workers_total_mb, **{f"{k}_mb": v for k, v in memory.apart_mb.items()}}
@@ -122,7 +122,7 @@ def apart_run(bench: Bench) -> dict[str, Any]:
     includes the command's start but no cluster start, which this run does not measure.
     """
     with separate_cluster(bench.workers) as cluster:
-        contenders.fresh_predictions(bench)
+        bench.fresh_predictions()
         env = os.environ | {
             "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),  # the harness's temporary server
             "DASK_FLEETSCORE__CLUSTER__ADDRESS": cluster.address,
@@ -246,7 +246,7 @@ def machine() -> dict[str, Any]:
 
 def report(size: FleetSize, args: argparse.Namespace, rows: list[dict[str, Any]],
            phases: endtoend.Phases | None, memory: list[dict[str, Any]], curves: list[dict[str, Any]]) -> str:
-    """The printed tables: rows against the floor, the flow's phases, memory by process."""
+    """The printed tables: rows against the floor, the flow's phases, memory by process, one worker's memory curve."""
     plain = next((r for r in rows if r["name"] == ALTERNATIVES[PLAIN][0]), None)
     parts = [f"fleet {size.key}, {args.workers} workers, {machine()['cpus']} CPUs", table(rows, rows[0]["seconds"])]
     if phases:
@@ -285,7 +285,8 @@ def main(args: argparse.Namespace) -> int:
     out.write_text(json.dumps({"size": asdict(size), "workers": args.workers, "machine": machine(),
                                "contenders": args.contenders, "rows": rows,
                                "phases": phases and {**asdict(phases), **overhead(phases, plain)},
-                               "memory": memory, "worker_curves": curves, "seconds": time.perf_counter() - started}, indent=1))
+                               "memory": memory, "worker_curves": curves,
+                               "seconds": time.perf_counter() - started}, indent=1))
     print(f"\nwritten {out} in {time.perf_counter() - started:.0f}s")
     return 0
 

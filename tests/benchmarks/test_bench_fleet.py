@@ -15,6 +15,7 @@ from benchmarks.contenders import Bench
 from benchmarks.fleet import SCORED_HOUR, FleetSize, fleet_values, prepare, ready_matrices
 from benchmarks.memory import PeakMemory, separate_cluster
 from benchmarks.suite import floor_rows
+from benchmarks.worker_memory import curve_table
 from flows import rules
 from scoring import models, telemetry
 from scoring.features import to_features
@@ -97,6 +98,14 @@ def test_the_separate_cluster_runs_scheduler_and_workers_outside_this_process():
     assert not psutil.pid_exists(cluster.scheduler)
 
 
+def test_the_per_device_row_scales_its_time_to_the_fleet_but_not_its_throughput(fleet, tmp_path):
+    _, store = fleet
+    bench = Bench(store, SCORED_HOUR, models.read_manifest(store), 1, tmp_path)
+    outcome = contenders.dask_per_device(bench, sample=4)
+    assert outcome.devices == 4 and outcome.seconds == pytest.approx(3 * outcome.measured_seconds)
+    assert outcome.devices_per_s * outcome.seconds == pytest.approx(12)  # the fleet, in the time scaled to it
+
+
 def test_the_floors_in_chunks_add_up_to_the_whole_fleet(fleet, tmp_path):
     size, store = fleet
     bench = Bench(store, SCORED_HOUR, models.read_manifest(store), 1, tmp_path)
@@ -133,6 +142,24 @@ def test_the_run_measures_only_the_contenders_asked_for(fleet, tmp_path, monkeyp
     assert [p["peak_mb"] for p in points] == sorted(p["peak_mb"] for p in points)  # a high-water mark
 
 
+def test_a_process_s_peak_is_its_high_water_mark_not_its_memory_now():
+    code = "from benchmarks.worker_memory import memory_mb; b = bytearray(300 * 1024 * 1024); del b; " \
+           "print(*memory_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
+    rss, peak = map(float, out.stdout.split())
+    assert rss < 250 < 300 < peak  # MB: the 300 MB were freed, the peak keeps them
+
+
+def test_the_worker_curve_table_has_a_row_per_checkpoint_and_columns_per_fleet():
+    points = [{"batches": b, "rss_mb": b, "peak_mb": 900.0} for b in (1, 10)]
+    curves = [{"devices": n, "hour_batches": n // 200,
+               "points": [p | {"rss_mb": p["rss_mb"] + n / 100} for p in points]} for n in (10_000, 100_000)]
+    lines = curve_table(curves).splitlines()
+    assert "10,000 devices, 50 a pass" in lines[0] and "100,000 devices, 500 a pass" in lines[0]
+    assert [line.split() for line in lines[3:]] == [["1", "101", "900", "1001", "900"],
+                                                    ["10", "110", "900", "1010", "900"]]
+
+
 def test_contenders_are_checked_and_memory_defaults_to_the_fleet_size():
     assert [*suite.ALTERNATIVES, suite.FLOW] == run.CONTENDERS  # the flags name exactly the rows measured
     assert run.parse_args(["--devices", "500"]).memory_sizes == [500]
@@ -141,6 +168,8 @@ def test_contenders_are_checked_and_memory_defaults_to_the_fleet_size():
     assert [run.parse_args(flags).worker_batches for flags in ([], ["--quick"], ["--quick", "--worker-batches", "0"])] \
         == [500, 50, 0]
     with pytest.raises(SystemExit):
+        run.parse_args(["--worker-batches", "-1"])
+    with pytest.raises(SystemExit):
         run.parse_args(["--contenders", "flow,spak"])
 
 
@@ -148,5 +177,13 @@ def test_the_benchmark_entry_point_imports_neither_the_flow_nor_scoring():
     """Spawned Dask workers import the main module again: ``python -m benchmarks.run`` must stay light."""
     code = "import sys, benchmarks.run; print(sorted(m for m in ('flows.score', 'scoring.batch', 'prefect', "\
            "'sklearn', 'deltalake') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_worker_curve_s_module_holds_what_a_flow_s_worker_does():
+    """Its worker imports it to run ``scored_memory``: no benchmark contender, Prefect or scikit-learn comes along."""
+    code = "import sys, benchmarks.worker_memory; print(sorted(m for m in ('benchmarks.contenders', 'joblib', "\
+           "'prefect', 'sklearn', 'flows') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
     assert out.stdout.strip() == "[]"
