@@ -90,11 +90,26 @@ def test_rerunning_an_hour_gives_the_same_files(scored, scored_hour):
     assert gc.get_freeze_count() == 0  # the run's manifest was kept from the cycle collector only while it ran
 
 
-def test_objects_are_spared_from_the_collector_only_inside_the_block():
-    frozen = gc.get_freeze_count()
-    with flows.score.spared_from_collector():
-        assert gc.get_freeze_count() > frozen
-    assert gc.get_freeze_count() == 0
+def test_what_is_read_is_spared_from_the_collector_only_inside_the_block():
+    """Read with the collector paused, so that nothing between the read and the freeze walks what was read."""
+    frozen, paused = gc.get_freeze_count(), []
+
+    def read() -> list[dict]:
+        paused.append(not gc.isenabled())
+        return [{} for _ in range(1000)]
+
+    with flows.score.spared_from_collector(read) as value:
+        assert gc.get_freeze_count() >= frozen + 1000 and gc.isenabled()
+    assert paused == [True] and len(value) == 1000 and gc.get_freeze_count() == 0
+
+
+def test_a_failed_read_leaves_the_collector_on_and_nothing_frozen():
+    def read() -> None:
+        raise OSError("storage unreachable")
+
+    with pytest.raises(OSError, match="unreachable"), flows.score.spared_from_collector(read):
+        pass
+    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_a_device_without_a_model_fails_alone(tmp_path, write_fleet, train_hours, scored_hour):
