@@ -11,9 +11,9 @@ size does not matter, only the batches run.
 
 The tables are removed before each pass, so that every batch writes its predictions file as
 in a run (a file already there is not written again). Unlike a flow's worker, this one drops each
-result as soon as it is back, where the flow's wait for the flow to read them. Where the hour's
-batches differ in size (a small fleet's last one), the resident memory after a count depends on
-which batch came last; the peak does not.
+result as soon as it is back, where a flow's results wait on their worker until the flow has read
+them. Where the hour's batches differ in size (a small fleet's last one), the resident memory
+after a count depends on which batch came last; the peak does not.
 """
 
 from __future__ import annotations
