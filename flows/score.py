@@ -126,7 +126,7 @@ class ClusterClosedBehind:
 
 @contextmanager
 def spared_from_collector(read: Callable[[], T]) -> Iterator[T]:
-    """``read()`` with Python's cycle collector paused, then what exists kept from its collections until the block ends.
+    """``read()`` with the cycle collector paused, then all that exists kept from its collections in the block.
 
     Once the manifest is read, the flow process holds about two million objects at 100,000
     devices, none in a cycle, and each full collection walked them all: the first one, set off
