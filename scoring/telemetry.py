@@ -158,7 +158,8 @@ class DeviceStats:
     def whole(self) -> DeviceStats:
         """The file as a single row group: it may hold a range wherever one of its groups may."""
         lows, highs = self.low[self.ids], self.high[self.ids]
-        return DeviceStats(np.array([min(lows, default="")], dtype=object), np.array([max(highs, default="")], dtype=object),
+        return DeviceStats(np.array([min(lows, default="")], dtype=object),
+                           np.array([max(highs, default="")], dtype=object),
                            np.array([self.ids.any()]), np.array([self.nulls.any()]), np.array([self.known.all()]))
 
 
